@@ -1,0 +1,1 @@
+"""Training engine pieces nerfstudio's Trainer lacks: atomic numpy-free checkpoints, per-cell optimisers."""

@@ -1,0 +1,63 @@
+"""Checkpoint files that survive a crash and load back with torch >= 2.6.
+
+nerfstudio 1.1.5 writes ``step-N.ckpt`` in place and its LR schedulers leave ``numpy.float64``
+values in the saved state, which ``torch.load(weights_only=True)`` (the torch >= 2.6 default)
+refuses. We fix both at the source for our own runs (atomic writes, plain floats) and register
+numpy's scalar types as safe so that checkpoints written by stock nerfstudio load too.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Suffix of a checkpoint that is still being written. nerfstudio's loaders parse every file name in
+#: ``nerfstudio_models/`` as ``step-N.ckpt``, so partial files are written next to the folder instead.
+PARTIAL_SUFFIX = ".partial"
+
+
+def allow_numpy_in_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` read the numpy scalars nerfstudio's schedulers save."""
+    try:  # numpy 2 renamed numpy.core to numpy._core
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    safe = [scalar, np.dtype, type(np.dtype(np.float64))]
+    safe += [type(np.dtype(t)) for t in (np.float32, np.int64, np.int32)]
+    torch.serialization.add_safe_globals(safe)
+
+
+def to_plain_python(value: Any) -> Any:
+    """Recursively replace numpy scalars by Python numbers (tensors and containers kept)."""
+    if isinstance(value, dict):
+        return {k: to_plain_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        converted = [to_plain_python(v) for v in value]
+        return type(value)(converted) if isinstance(value, list) else tuple(converted)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, numbers.Number) and not isinstance(value, (int, float, bool, complex)):
+        return float(value)
+    return value
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one.
+
+    The temporary file lives in the parent of ``path``'s folder, so nerfstudio's checkpoint folder
+    never holds a file that does not parse as ``step-N.ckpt``; ``os.replace`` is atomic on one
+    file system and the data is fsynced first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent.parent / f".{path.parent.name}-{path.name}{PARTIAL_SUFFIX}"
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,79 @@
+"""One optimiser and scheduler per cell, generated from the grid instead of written per grid size.
+
+The model names its parameter groups ``cell<k>.<kind>`` (``cell0.fields``, ``cell3.proposal_networks``)
+next to global groups (``camera_opt``, ``depth_pose_opt``). The method config holds one template
+per kind (``fields``, ``proposal_networks``, ...), so ``--optimizers.fields.optimizer.lr`` still
+tunes every cell. A cell trains only on its own steps, so its scheduler counts its own steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List
+
+from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.utils import writer
+from torch.nn import Parameter
+
+CELL_PREFIX = "cell"
+
+
+def cell_group_name(cell: int, kind: str) -> str:
+    """The parameter group name of one kind of parameters of one cell."""
+    return f"{CELL_PREFIX}{cell}.{kind}"
+
+
+def group_kind(group_name: str) -> str:
+    """``cell3.fields`` -> ``fields``; global groups are their own kind."""
+    if group_name.startswith(CELL_PREFIX) and "." in group_name:
+        return group_name.split(".", 1)[1]
+    return group_name
+
+
+def expand_cell_optimizers(
+    templates: Dict[str, Any], group_names: List[str], num_trained_cells: int
+) -> Dict[str, Any]:
+    """Optimizer configs for every group: explicit entries win, cell groups copy their kind's template.
+
+    A cell steps only when it is the one being trained, i.e. on 1/num_trained_cells of the steps,
+    so its scheduler's step counts (``max_steps``, ``warmup_steps``) are divided by that number:
+    at the end of a run every cell is as far along its schedule as a single field would be.
+    """
+    expanded: Dict[str, Any] = {}
+    for name in group_names:
+        if name in templates:
+            expanded[name] = templates[name]
+            continue
+        kind = group_kind(name)
+        if kind not in templates:
+            raise RuntimeError(
+                f"No optimizer config for parameter group '{name}' (kind '{kind}'); "
+                f"configured kinds: {sorted(templates)}"
+            )
+        entry = copy.deepcopy(templates[kind])
+        scheduler = entry.get("scheduler")
+        for attribute in ("max_steps", "warmup_steps"):
+            if scheduler is not None and getattr(scheduler, attribute, 0):
+                setattr(scheduler, attribute, max(1, getattr(scheduler, attribute) // num_trained_cells))
+        expanded[name] = entry
+    return expanded
+
+
+class CellOptimizers(Optimizers):
+    """nerfstudio's Optimizers, but a group that took no part in a step does not advance its schedule."""
+
+    def _had_gradient(self, group: str) -> bool:
+        return any(p.grad is not None for p in self.parameters[group])
+
+    def scheduler_step_all(self, step: int) -> None:
+        for group, scheduler in self.schedulers.items():
+            if not self._had_gradient(group):
+                continue
+            scheduler.step()
+            writer.put_scalar(name=f"learning_rate/{group}", scalar=float(scheduler.get_last_lr()[0]), step=step)
+
+    @classmethod
+    def from_templates(
+        cls, templates: Dict[str, Any], param_groups: Dict[str, List[Parameter]], num_trained_cells: int
+    ) -> "CellOptimizers":
+        return cls(expand_cell_optimizers(templates, list(param_groups), num_trained_cells), param_groups)

@@ -1,0 +1,128 @@
+"""nerfstudio method registrations: ``async-nerf`` (full size, for GPUs) and ``async-nerf-small`` (CPU/demo).
+
+Both are the same code; the small preset only changes numbers (image-independent: rays per batch,
+hash grid sizes, samples per ray, iterations) so that a whole run takes minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from async_nerf_ns.data.datamanager import AsyncNerfDataManagerConfig
+from async_nerf_ns.data.dataparser import AsyncNerfDataParserConfig
+from async_nerf_ns.engine.trainer import AsyncNerfTrainerConfig
+from async_nerf_ns.model.model import AsyncNerfModelConfig
+from async_nerf_ns.partition.config import PartitionConfig
+from async_nerf_ns.pipeline import AsyncNerfPipelineConfig
+
+
+def _machine() -> MachineConfig:
+    """The available device, so that ``ns-train async-nerf`` needs no --machine flag on a CPU."""
+    return MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _optimizers(field_steps: int, camera_steps: int) -> dict:
+    """Templates per parameter kind; every cell gets a copy (see engine/optimizers.py)."""
+
+    def adam(lr: float, lr_final: float, steps: int) -> dict:
+        return {
+            "optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=lr_final, max_steps=steps),
+        }
+
+    return {
+        "proposal_networks": adam(1e-2, 1e-4, field_steps),
+        "fields": adam(1e-2, 1e-4, field_steps),
+        "camera_opt": adam(1e-3, 1e-4, camera_steps),
+        "depth_pose_opt": adam(1e-3, 1e-4, camera_steps),
+    }
+
+
+def async_nerf_config() -> AsyncNerfTrainerConfig:
+    """Full size: nerfacto's defaults per cell, a 2x2 partition, depth from the time-pose function."""
+    return AsyncNerfTrainerConfig(
+        method_name="async-nerf",
+        steps_per_eval_batch=500,
+        steps_per_save=2000,
+        max_num_iterations=30000,
+        mixed_precision=torch.cuda.is_available(),
+        machine=_machine(),
+        pipeline=AsyncNerfPipelineConfig(
+            datamanager=AsyncNerfDataManagerConfig(
+                dataparser=AsyncNerfDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                train_num_depth_rays_per_batch=1024,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=AsyncNerfModelConfig(
+                eval_num_rays_per_chunk=1 << 15,
+                average_init_density=0.01,
+                camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
+                depth_pose_refine_start=5000,
+            ),
+            partition=PartitionConfig(grid_dim=(2, 2)),
+        ),
+        optimizers=_optimizers(field_steps=200000, camera_steps=5000),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    )
+
+
+def async_nerf_small_config() -> AsyncNerfTrainerConfig:
+    """The same method sized for two CPU cores and ~100x75 images: a demo run takes minutes."""
+    config = async_nerf_config()
+    iterations = 2000
+    config.method_name = "async-nerf-small"
+    config.max_num_iterations = iterations
+    config.steps_per_save = 500
+    config.steps_per_eval_batch = 250
+    config.steps_per_eval_image = 500
+    config.steps_per_eval_all_images = 1_000_000  # ns-eval does the full evaluation
+    config.vis = "tensorboard"  # a live viewer steals the CPU from training; see README for ns-viewer
+    config.viewer = ViewerConfig(num_rays_per_chunk=1 << 12, quit_on_train_completion=True)
+    pipeline = config.pipeline
+    pipeline.datamanager.train_num_rays_per_batch = 384
+    pipeline.datamanager.train_num_depth_rays_per_batch = 128
+    pipeline.datamanager.eval_num_rays_per_batch = 1024
+    pipeline.partition = PartitionConfig(grid_dim=(2, 2), samples_per_ray=64)
+    pipeline.model = dataclasses.replace(
+        pipeline.model,
+        eval_num_rays_per_chunk=1 << 12,
+        num_levels=8,
+        base_res=16,
+        max_res=512,
+        log2_hashmap_size=15,
+        features_per_level=2,
+        hidden_dim=32,
+        hidden_dim_color=32,
+        appearance_embed_dim=8,
+        num_proposal_samples_per_ray=(48, 24),
+        num_nerf_samples_per_ray=24,
+        proposal_net_args_list=[
+            {"hidden_dim": 16, "log2_hashmap_size": 13, "num_levels": 4, "max_res": 64, "use_linear": False},
+            {"hidden_dim": 16, "log2_hashmap_size": 13, "num_levels": 4, "max_res": 128, "use_linear": False},
+        ],
+        camera_optimizer=CameraOptimizerConfig(mode="off"),
+        depth_pose_refine_start=iterations // 2,
+        depth_loss_warmup_steps=iterations // 10,
+        proposal_warmup=iterations // 4,
+    )
+    config.optimizers = _optimizers(field_steps=iterations, camera_steps=iterations)
+    return config
+
+
+async_nerf = MethodSpecification(
+    config=async_nerf_config(),
+    description="Async-NeRF: asynchronous RGB-D with a time-pose function, on a Mega-NeRF partition (GPU sizes).",
+)
+async_nerf_small = MethodSpecification(
+    config=async_nerf_small_config(),
+    description="async-nerf with a small preset for CPUs and the bundled example (minutes, not hours).",
+)

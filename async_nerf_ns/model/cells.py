@@ -1,0 +1,67 @@
+"""One cell of the partition: a nerfacto field with its own proposal networks and appearance embedding.
+
+Built from nerfstudio's components (NerfactoField, HashMLPDensityField) with the numbers of a
+NerfactoModelConfig, so every nerfacto option (hash grid size, tcnn/torch, proposal nets) applies
+to every cell. tcnn is used when installed; nerfstudio falls back to its torch hash grid otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional
+
+from nerfstudio.field_components.spatial_distortions import SpatialDistortion
+from nerfstudio.fields.density_fields import HashMLPDensityField
+from nerfstudio.fields.nerfacto_field import NerfactoField
+from nerfstudio.models.nerfacto import NerfactoModelConfig
+from torch import Tensor, nn
+
+
+class Cell(nn.Module):
+    """A cell's radiance field and proposal density fields."""
+
+    def __init__(
+        self,
+        config: NerfactoModelConfig,
+        aabb: Tensor,
+        num_images: int,
+        spatial_distortion: Optional[SpatialDistortion],
+    ) -> None:
+        super().__init__()
+        appearance_dim = config.appearance_embed_dim if config.use_appearance_embedding else 0
+        self.field = NerfactoField(
+            aabb,
+            hidden_dim=config.hidden_dim,
+            num_levels=config.num_levels,
+            max_res=config.max_res,
+            base_res=config.base_res,
+            features_per_level=config.features_per_level,
+            log2_hashmap_size=config.log2_hashmap_size,
+            hidden_dim_color=config.hidden_dim_color,
+            hidden_dim_transient=config.hidden_dim_transient,
+            spatial_distortion=spatial_distortion,
+            num_images=num_images,
+            use_pred_normals=config.predict_normals,
+            use_average_appearance_embedding=config.use_average_appearance_embedding,
+            appearance_embedding_dim=appearance_dim,
+            average_init_density=config.average_init_density,
+            implementation=config.implementation,
+        )
+        num_nets = 1 if config.use_same_proposal_network else config.num_proposal_iterations
+        args = config.proposal_net_args_list
+        self.proposal_networks = nn.ModuleList(
+            HashMLPDensityField(
+                aabb,
+                spatial_distortion=spatial_distortion,
+                **args[min(i, len(args) - 1)],
+                average_init_density=config.average_init_density,
+                implementation=config.implementation,
+            )
+            for i in range(num_nets)
+        )
+        self._num_iterations = config.num_proposal_iterations
+
+    @property
+    def density_fns(self) -> List[Callable]:
+        """One density function per proposal iteration (the same net repeated if shared)."""
+        nets = self.proposal_networks
+        return [nets[min(i, len(nets) - 1)].density_fn for i in range(self._num_iterations)]

@@ -1,0 +1,204 @@
+"""The async-nerf Model: nerfacto's rendering and losses over partition cells, plus depth supervision.
+
+Subclasses NerfactoModel and keeps its ``get_outputs``/losses: the only differences are *which*
+field and proposal density functions it renders with (``field``/``density_fns`` are properties:
+the cell named by a training batch, or all cells merged by the router at eval/render time), the
+depth loss on rays of depth frames, the depth-frame pose corrections, and LPIPS being optional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+from nerfstudio.model_components.losses import MSELoss
+from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
+from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, NormalsRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
+from nerfstudio.model_components.shaders import NormalsShader
+from nerfstudio.models.base_model import Model
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor, nn
+from torch.nn import Parameter
+
+from async_nerf_ns.data.ray_keys import CELL_KEY
+from async_nerf_ns.engine.optimizers import cell_group_name
+from async_nerf_ns.model.cells import Cell
+from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
+from async_nerf_ns.model.lpips import build_lpips_if_available
+from async_nerf_ns.model.merged import MergedField, merged_density_fns
+from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
+
+
+
+@dataclass
+class AsyncNerfModelConfig(NerfactoModelConfig):
+    """Nerfacto options (applied to every cell) plus depth supervision and depth pose refinement."""
+
+    _target: Type = field(default_factory=lambda: AsyncNerfModel)
+    depth_loss_mult: float = 0.1
+    """Weight of the depth loss (after warm-up)."""
+    depth_loss_type: DepthLossKind = "log_l1"
+    """Robust depth loss: l1 (scene units), log_l1 (relative error), huber."""
+    depth_loss_warmup_steps: int = 500
+    """The depth loss weight ramps linearly from 0 over this many steps."""
+    depth_pose_optimizer: CameraOptimizerConfig = field(
+        default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3")
+    )
+    """Per-depth-frame pose corrections for joint refinement (mode "off" disables stage 3)."""
+    depth_pose_refine_start: int = 1000
+    """Step at which depth-frame pose corrections start being applied and optimised (stage 3)."""
+
+
+class AsyncNerfModel(NerfactoModel):
+    """Nerfacto over partition cells. Extra setup kwargs: ``centroids`` (K,3), ``num_depth_frames``."""
+
+    config: AsyncNerfModelConfig
+
+    def populate_modules(self) -> None:
+        Model.populate_modules(self)
+        centroids = self.kwargs.get("centroids")
+        if centroids is None:
+            centroids = torch.zeros(1, 3)
+        self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32).clone())
+        distortion = None if self.config.disable_scene_contraction else SceneContraction(order=float("inf"))
+        self.cells = nn.ModuleList(
+            Cell(self.config, self.scene_box.aabb, self.num_train_data, distortion) for _ in range(len(centroids))
+        )
+        self.camera_optimizer = RigPoseOptimizer(
+            self.config.camera_optimizer,
+            self.config.depth_pose_optimizer,
+            num_rgb=self.num_train_data,
+            num_depth=int(self.kwargs.get("num_depth_frames", 0)),
+        )
+        self._render_cell: Optional[int] = None
+
+        def update_schedule(step):
+            return np.clip(
+                np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]),
+                1,
+                self.config.proposal_update_every,
+            )
+
+        initial_sampler = None
+        if self.config.proposal_initial_sampler == "uniform":
+            initial_sampler = UniformSampler(single_jitter=self.config.use_single_jitter)
+        self.proposal_sampler = ProposalNetworkSampler(
+            num_nerf_samples_per_ray=self.config.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=self.config.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=self.config.num_proposal_iterations,
+            single_jitter=self.config.use_single_jitter,
+            update_sched=update_schedule,
+            initial_sampler=initial_sampler,
+        )
+        self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
+        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
+        self.renderer_accumulation = AccumulationRenderer()
+        self.renderer_depth = DepthRenderer(method="median")
+        self.renderer_expected_depth = DepthRenderer(method="expected")
+        self.renderer_normals = NormalsRenderer()
+        self.normals_shader = NormalsShader()
+        self.rgb_loss = MSELoss()
+        self.step = 0
+
+        from torchmetrics.functional import structural_similarity_index_measure
+        from torchmetrics.image import PeakSignalNoiseRatio
+
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = structural_similarity_index_measure
+        self.lpips = build_lpips_if_available()
+
+    # --- which field renders -------------------------------------------------------------------
+    @property
+    def num_cells(self) -> int:
+        return len(self.cells)
+
+    @property
+    def field(self):  # read by NerfactoModel.get_outputs
+        if self._render_cell is not None:
+            return self.cells[self._render_cell].field
+        return MergedField(self.cells, self.centroids)
+
+    @property
+    def density_fns(self):  # read by NerfactoModel.get_outputs
+        if self._render_cell is not None:
+            return self.cells[self._render_cell].density_fns
+        return merged_density_fns(self.cells, self.centroids, self.config.num_proposal_iterations)
+
+    def _cell_of(self, ray_bundle: RayBundle) -> Optional[int]:
+        cells = ray_bundle.metadata.get(CELL_KEY) if self.training else None
+        if cells is None:
+            return None
+        cell = int(cells.reshape(-1)[0])
+        assert bool(torch.all(cells == cell)), "a training batch must come from one cell"
+        return cell
+
+    def get_outputs(self, ray_bundle: RayBundle):
+        self._render_cell = self._cell_of(ray_bundle)
+        try:
+            return super().get_outputs(ray_bundle)
+        finally:
+            self._render_cell = None
+
+    # --- parameters and schedule ---------------------------------------------------------------
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups: Dict[str, List[Parameter]] = {}
+        for k, cell in enumerate(self.cells):
+            groups[cell_group_name(k, "fields")] = list(cell.field.parameters())
+            groups[cell_group_name(k, "proposal_networks")] = list(cell.proposal_networks.parameters())
+        self.camera_optimizer.get_param_groups(param_groups=groups)
+        return groups
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        def set_stage(step: int) -> None:
+            self.step = step
+            self.camera_optimizer.depth_active = step >= self.config.depth_pose_refine_start
+
+        stage = TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage, update_every_num_iters=1)
+        return super().get_training_callbacks(training_callback_attributes) + [stage]
+
+    # --- losses and metrics ----------------------------------------------------------------------
+    @staticmethod
+    def _rgb_part(outputs: Dict, batch: Dict) -> Dict:
+        """Outputs restricted to the RGB rays of a batch (they come first; depth rays follow)."""
+        n = len(batch["image"])
+        return {**outputs, "rgb": outputs["rgb"][:n], "accumulation": outputs["accumulation"][:n]}
+
+    def get_metrics_dict(self, outputs, batch):
+        return super().get_metrics_dict(self._rgb_part(outputs, batch), batch)
+
+    def depth_loss_weight(self) -> float:
+        warmup = max(1, self.config.depth_loss_warmup_steps)
+        return self.config.depth_loss_mult * min(1.0, self.step / warmup)
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None):
+        loss_dict = super().get_loss_dict(self._rgb_part(outputs, batch), batch, metrics_dict)
+        target = batch.get("depth")
+        if self.training and target is not None and len(target) and self.config.depth_loss_mult > 0:
+            predicted = outputs["expected_depth"][len(batch["image"]) :]
+            loss = depth_loss(predicted, target.to(predicted.device), self.config.depth_loss_type)
+            loss_dict["depth_loss"] = self.depth_loss_weight() * loss
+        return loss_dict
+
+    def get_image_metrics_and_images(
+        self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
+    ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt_rgb = self.renderer_rgb.blend_background(batch["image"].to(self.device))
+        predicted_rgb = outputs["rgb"]
+        gt, pred = torch.moveaxis(gt_rgb, -1, 0)[None], torch.moveaxis(predicted_rgb, -1, 0)[None]
+        metrics = {"psnr": float(self.psnr(gt, pred).item()), "ssim": float(self.ssim(gt, pred))}
+        if self.lpips is not None:
+            metrics["lpips"] = float(self.lpips(gt, pred))
+        images = {
+            "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        return metrics, images

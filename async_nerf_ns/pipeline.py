@@ -1,0 +1,166 @@
+"""The async-nerf pipeline: the stage schedule around nerfstudio's training loop.
+
+Stage 1 (at set-up, before the radiance field): the time-pose function (TPF) is fitted to the
+training RGB frames' (timestamp, pose) pairs and gives every depth frame a pose.
+Stage 2: the cells of the partition are trained on RGB rays plus depth rays at those poses.
+Stage 3 (from ``model.depth_pose_refine_start``): per-depth-frame pose corrections are optimised
+jointly with the field through the depth loss.
+``depth_poses`` picks where depth poses come from: ``tpf`` (Async-NeRF), ``prior`` (the metadata
+pose, the naive pipeline) or ``gt`` (an upper bound, needs pose_gt files).
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from async_nerf_ns.data.datamanager import AsyncNerfDataManager, AsyncNerfDataManagerConfig
+from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
+from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
+from async_nerf_ns.partition.config import PartitionConfig
+from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
+from async_nerf_ns.trajectory.fit import fit_tpf
+from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
+
+DepthPoseSource = Literal["tpf", "prior", "gt"]
+
+
+@dataclass
+class AsyncNerfPipelineConfig(VanillaPipelineConfig):
+    """Partition, time-pose function and depth-pose options around the datamanager and model."""
+
+    _target: Type = field(default_factory=lambda: AsyncNerfPipeline)
+    datamanager: AsyncNerfDataManagerConfig = field(default_factory=AsyncNerfDataManagerConfig)
+    model: AsyncNerfModelConfig = field(default_factory=AsyncNerfModelConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    """How the scene is cut into cells (Mega-NeRF)."""
+    cells: Optional[Tuple[int, ...]] = None
+    """Train only these cells (to spread cells over runs, then async-nerf-merge); None: all."""
+    depth_poses: DepthPoseSource = "tpf"
+    """Where depth frames get their poses: tpf (time-pose function), prior (metadata c2w), gt."""
+    tpf: TimePoseFunctionConfig = field(default_factory=TimePoseFunctionConfig)
+    """The time-pose function fitted in stage 1."""
+
+
+class AsyncNerfPipeline(VanillaPipeline):
+    config: AsyncNerfPipelineConfig
+    datamanager: AsyncNerfDataManager
+
+    def __init__(
+        self,
+        config: AsyncNerfPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        # VanillaPipeline.__init__ builds the model right after the datamanager; the partition and
+        # stage 1 must run in between, so this is its sequence with those steps inserted.
+        Pipeline.__init__(self)
+        self.config = config
+        self.test_mode = test_mode
+        self.world_size = world_size
+        self.datamanager = config.datamanager.setup(
+            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
+        )
+        self.datamanager.to(device)
+        scene = self.datamanager.scene
+        train_cameras = self.datamanager.train_dataset.cameras
+
+        self.geometry: PartitionGeometry = resolve_geometry(
+            config.partition,
+            train_cameras.camera_to_worlds[:, :, 3],
+            scene.origin_drb,
+            scene.pose_scale_factor,
+            scene.drb_to_world,
+        )
+        self.trained_cell_list = self._validated_cells(config.cells, self.geometry.num_cells)
+        self.register_buffer("trained_cells", self._cell_mask(self.trained_cell_list, self.geometry.num_cells))
+        self.datamanager.use_partition(self.geometry, config.partition, self.trained_cell_list)
+
+        self.depth_track = concat_tracks(scene) if scene.depth_tracks else None
+        self.tpf: Optional[FittedTPF] = None
+        if scene.rgb_timestamps is not None and len(scene.rgb_timestamps) >= 2:
+            self.tpf = FittedTPF(config.tpf, num_frames=len(scene.rgb_timestamps))
+        if test_mode == "val" and self.depth_track is not None:  # training: run stage 1
+            if config.depth_poses == "tpf":
+                self._fit_tpf()
+            self.datamanager.set_depth_frames(self.depth_frame_set(self.depth_track, config.depth_poses))
+
+        self._model = config.model.setup(
+            scene_box=self.datamanager.train_dataset.scene_box,
+            num_train_data=len(self.datamanager.train_dataset),
+            metadata=self.datamanager.train_dataset.metadata,
+            device=device,
+            grad_scaler=grad_scaler,
+            centroids=self.geometry.centroids,
+            num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
+        )
+        self.model.to(device)
+
+    @property
+    def model(self) -> AsyncNerfModel:
+        return typing.cast(AsyncNerfModel, self._model)
+
+    @property
+    def num_trained_cells(self) -> int:
+        return len(self.trained_cell_list)
+
+    @staticmethod
+    def _validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[int]:
+        if cells is None:
+            return list(range(num_cells))
+        bad = [c for c in cells if not 0 <= c < num_cells]
+        if bad or not cells:
+            raise ValueError(f"--pipeline.cells {list(cells)}: cells are numbered 0..{num_cells - 1}")
+        return sorted(set(cells))
+
+    @staticmethod
+    def _cell_mask(cells: List[int], num_cells: int) -> torch.Tensor:
+        mask = torch.zeros(num_cells, dtype=torch.bool)
+        mask[cells] = True
+        return mask
+
+    # --- stage 1: poses of depth frames ----------------------------------------------------------
+    def _fit_tpf(self) -> None:
+        scene = self.datamanager.scene
+        if self.tpf is None:
+            raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
+        CONSOLE.print(f"Stage 1: fitting the time-pose function to {len(scene.rgb_timestamps)} RGB frames")
+        fitted = fit_tpf(scene.rgb_timestamps.numpy(), self.datamanager.train_dataset.cameras.camera_to_worlds, self.config.tpf)
+        self.tpf.load_state_dict(fitted.state_dict())
+
+    def depth_poses(self, track, source: DepthPoseSource) -> torch.Tensor:
+        """World-frame poses (N,3,4) of a track's frames from ``source`` (before joint refinement)."""
+        if source == "tpf":
+            assert self.tpf is not None
+            with torch.no_grad():
+                return self.tpf.poses(track.timestamps.numpy()).cpu()
+        poses = track.prior_c2w if source == "prior" else track.gt_c2w
+        missing = (~torch.isfinite(poses).reshape(len(track), -1).all(dim=1)).nonzero()
+        if len(missing):
+            frame = track.frames[int(missing[0])]
+            what = "a prior c2w in its metadata" if source == "prior" else "a pose_gt file"
+            raise ValueError(f"depth_poses={source}: {frame.metadata_path} (and {len(missing) - 1} more) has no {what}")
+        return poses
+
+    def depth_frame_set(self, track, source: DepthPoseSource) -> DepthFrameSet:
+        return DepthFrameSet(track, self.depth_poses(track, source), self.datamanager.scene.pose_scale_factor)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: Optional[bool] = True):  # type: ignore[override]
+        """Always strict: a checkpoint that does not match (a missing cell, renamed keys) is an error,
+        not a silently untrained model (VanillaPipeline retries with strict=False)."""
+        return torch.nn.Module.load_state_dict(self, state_dict, strict=True)
+
+    def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
+        groups = super().get_param_groups()
+        untrained = [k for k in range(self.geometry.num_cells) if k not in self.trained_cell_list]
+        return {name: params for name, params in groups.items() if not any(name.startswith(f"cell{k}.") for k in untrained)}

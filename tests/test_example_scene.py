@@ -1,0 +1,284 @@
+"""The procedural example scene (examples/make_scene.py): layout, conventions, geometry, timing.
+
+Poses are converted back to the town frame here with the matrix written out by hand (not the
+generator's), so a frame or convention mistake in the generator cannot cancel itself out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from examples.make_scene import (
+    BUILDING,
+    GROUND,
+    SKY,
+    SceneSpec,
+    build,
+    camera_dirs,
+    generate_scene,
+    intrinsics_for,
+    main,
+    render_depth,
+    render_rgb,
+)
+
+# p_town = M @ p_drb (x down, y right, z back -> x, y horizontal, z up), as in the project notes.
+M = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+SMALL = SceneSpec(num_rgb=24, width=48, height=36, depth_width=32, depth_height=24, write_preview=False)
+TRACK = SMALL.depth_track
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate_scene(tmp_path_factory.mktemp("scene") / "town", SMALL)
+
+
+def stems(folder: Path, suffix: str) -> list[str]:
+    return sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}"))
+
+
+def frames(dataset: Path, meta: str) -> list[tuple[str, Path, dict]]:
+    """(split, metadata path, metadata dict) of every frame of a stream, sorted by time."""
+    out = [(split, p, torch.load(p)) for split in ("train", "val") for p in (dataset / split / meta).glob("*.pt")]
+    return sorted(out, key=lambda f: f[2]["timestamp"])
+
+
+def to_town(c2w: np.ndarray, dataset: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised DRB c2w -> (rotation, position in metres) in the z-up town frame."""
+    coords = torch.load(dataset / "coordinates.pt")
+    origin, scale = coords["origin_drb"].numpy(), coords["pose_scale_factor"]
+    return M @ c2w[:, :3], M @ (origin + scale * c2w[:, 3])
+
+
+def test_layout_is_complete_and_split_every_eighth_frame(dataset):
+    # 24 RGB frames: indices 4, 12, 20 go to val/. Depth at 2.5 Hz from +0.09 s up to the last RGB
+    # frame at ~4.6 s gives 12 frames (0.09 + 0.4 k <= 4.6 for k = 0..11): index 4 goes to val/.
+    expected = {"train": (21, 11), "val": (3, 1)}
+    for split, (n_rgb, n_depth) in expected.items():
+        root = dataset / split
+        rgb = stems(root / "rgbs", ".png")
+        assert len(rgb) == n_rgb
+        assert stems(root / "metadata", ".pt") == rgb
+        assert stems(root / "pose_gt_rgb", ".txt") == rgb
+        depth = stems(root / f"depth_{TRACK}", ".npy")
+        assert len(depth) == n_depth
+        assert stems(root / f"metadata_depth_{TRACK}", ".pt") == depth
+        assert stems(root / f"pose_gt_{TRACK}", ".txt") == depth
+    assert (dataset / "scene.json").is_file()
+
+
+def test_metadata_fields_have_the_documented_types(dataset):
+    for meta, (w, h) in (("metadata", (48, 36)), (f"metadata_depth_{TRACK}", (32, 24))):
+        for split, path, m in frames(dataset, meta):
+            assert type(m["W"]) is int and type(m["H"]) is int and (m["W"], m["H"]) == (w, h)
+            assert m["intrinsics"].dtype == torch.float32 and m["intrinsics"].shape == (4,)
+            assert m["c2w"].shape == (3, 4) and torch.isfinite(m["c2w"]).all()
+            assert type(m["timestamp"]) is float and m["timestamp"] == float(path.stem)
+            assert f"{m['timestamp']:.3f}" == path.stem
+    image = np.asarray(Image.open(next((dataset / "train" / "rgbs").glob("*.png"))))
+    assert image.shape == (36, 48, 3) and image.dtype == np.uint8
+    depth = np.load(next((dataset / "train" / f"depth_{TRACK}").glob("*.npy")))
+    assert depth.shape == (24, 32) and depth.dtype == np.float32
+    coords = torch.load(dataset / "coordinates.pt")
+    assert coords["origin_drb"].dtype == torch.float64 and coords["origin_drb"].shape == (3,)
+    assert isinstance(coords["pose_scale_factor"], float)
+
+
+def test_poses_follow_the_drb_opengl_convention(dataset):
+    coords = torch.load(dataset / "coordinates.pt")
+    radii = []
+    for split, path, m in frames(dataset, "metadata"):
+        gt = np.loadtxt(dataset / split / "pose_gt_rgb" / f"{path.stem}.txt")
+        # Metadata holds the same pose in float32.
+        np.testing.assert_allclose(m["c2w"].numpy(), gt, atol=1e-6)
+        radii.append(np.linalg.norm(gt[:, 3]))
+        rot = gt[:, :3]
+        np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-12)
+        assert np.linalg.det(rot) == pytest.approx(1.0)
+        # Looking direction -z_cam has a DRB x (down) component sin(pitch), pitch in [35, 55] deg.
+        assert np.sin(np.deg2rad(35)) - 1e-9 <= -rot[0, 2] <= np.sin(np.deg2rad(55)) + 1e-9
+        # No roll: the camera's x axis is horizontal (no DRB x component).
+        assert abs(rot[0, 0]) < 1e-12
+        # Altitude (up = -DRB x) in the 52-78 m range of SceneSpec.altitude_m.
+        altitude = -(coords["origin_drb"][0].item() + coords["pose_scale_factor"] * gt[0, 3])
+        assert 52.0 - 1e-6 <= altitude <= 78.0 + 1e-6
+    # The scale puts the farthest camera (RGB or depth) exactly on the unit sphere; RGB ones within it.
+    assert 0.5 < max(radii) <= 1.0 + 1e-9
+
+
+def test_same_seed_is_byte_identical_and_another_seed_differs(dataset, tmp_path):
+    again = generate_scene(tmp_path / "again", SMALL)
+    other = generate_scene(tmp_path / "other", dataclasses.replace(SMALL, seed=1))
+    files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file() and p.suffix != ".pt")
+    assert len(files) == 24 * 2 + 12 * 2 + 1  # png + pose txt per RGB, npy + pose txt per depth, scene.json
+    for rel in files:
+        assert (again / rel).read_bytes() == (dataset / rel).read_bytes(), rel
+    for (_, a, ma), (_, b, mb) in zip(frames(dataset, "metadata"), frames(again, "metadata")):
+        assert a.name == b.name and ma["timestamp"] == mb["timestamp"] and torch.equal(ma["c2w"], mb["c2w"])
+    first = sorted((dataset / "train" / "rgbs").glob("*.png"))[0]
+    first_other = sorted((other / "train" / "rgbs").glob("*.png"))[0]
+    differing = np.mean(np.asarray(Image.open(first)) != np.asarray(Image.open(first_other)))
+    assert differing > 0.5  # another town and flight: most pixel values differ
+
+
+def test_depth_backprojects_onto_scene_surfaces_only_with_the_true_pose(dataset):
+    scene, _, _ = build(SMALL)
+    gt_worst, prior_off = 0.0, []
+    for split, path, m in frames(dataset, f"metadata_depth_{TRACK}"):
+        depth = np.load(dataset / split / f"depth_{TRACK}" / f"{path.stem}.npy").astype(np.float64)
+        fx, fy, cx, cy = m["intrinsics"].double().numpy()
+        v, u = np.nonzero(depth > 0)
+        z = depth[v, u]
+        assert len(z) > 0.5 * depth.size  # aerial views: most pixels see the ground or a building
+        # OpenGL camera: x right, y up, looking along -z; planar depth is the distance along -z.
+        cam = np.stack([(u + 0.5 - cx) / fx * z, -(v + 0.5 - cy) / fy * z, -z], -1)
+        rot, pos = to_town(np.loadtxt(dataset / split / f"pose_gt_{TRACK}" / f"{path.stem}.txt"), dataset)
+        gt_worst = max(gt_worst, np.abs(scene.signed_distance(cam @ rot.T + pos)).max())
+        assert np.linalg.norm(cam, axis=-1).max() <= SMALL.depth_max_range_m + 1e-3
+        rot, pos = to_town(m["c2w"].double().numpy(), dataset)
+        prior_off.append(np.mean(np.abs(scene.signed_distance(cam @ rot.T + pos)) > 0.05))
+    # float32 depth (ulp 1.5e-5 m at 250 m) and a float64 pose: every point within 1 mm of a face.
+    assert gt_worst < 1e-3
+    # The prior pose (nearest RGB frame, ~0.09 s away at ~25 m/s) misplaces most points by > 5 cm.
+    assert np.mean(prior_off) > 0.5
+
+
+def test_depth_timestamps_interleave_and_priors_are_the_nearest_rgb_pose(dataset):
+    rgb = frames(dataset, "metadata")
+    depth = frames(dataset, f"metadata_depth_{TRACK}")
+    t_rgb = np.array([m["timestamp"] for _, _, m in rgb])
+    t_depth = np.array([m["timestamp"] for _, _, m in depth])
+    assert t_rgb[0] == SMALL.start_time and (np.diff(t_rgb) > 0).all()
+    assert (np.diff(t_depth) > 0).all()
+    assert not np.isin(t_depth, t_rgb).any()
+    assert t_rgb[0] < t_depth[0] and t_depth[-1] < t_rgb[-1]
+    trans_err, rot_err = [], []
+    for split, path, m in depth:
+        nearest = np.abs(t_rgb - m["timestamp"]).argmin()
+        # Every depth frame sits 90 +- 6 ms after an RGB frame (offset and jitters of SMALL).
+        assert 0.084 - 1e-9 <= m["timestamp"] - t_rgb[nearest] <= 0.096 + 1e-9
+        assert torch.equal(m["c2w"], rgb[nearest][2]["c2w"])
+        r_gt, p_gt = to_town(np.loadtxt(dataset / split / f"pose_gt_{TRACK}" / f"{path.stem}.txt"), dataset)
+        r_prior, p_prior = to_town(m["c2w"].double().numpy(), dataset)
+        trans_err.append(np.linalg.norm(p_gt - p_prior))
+        rot_err.append(np.rad2deg(Rotation.from_matrix(r_gt.T @ r_prior).magnitude()))
+    print(f"prior pose error: {np.mean(trans_err):.2f} m, {np.mean(rot_err):.2f} deg (mean over {len(depth)} frames)")
+    # 0.09 s of flight at 17-42 m/s is 1.5-3.8 m; yaw and pitch swings turn the camera by degrees.
+    assert 1.5 < np.mean(trans_err) < 4.0 and min(trans_err) > 1.0
+    assert np.mean(rot_err) > 1.0
+
+
+def test_images_match_a_rerender_from_the_written_pose_and_show_a_town(dataset):
+    scene, _, _ = build(SMALL)
+    k = intrinsics_for(SMALL.width, SMALL.height, SMALL.hfov_deg)
+    for split, path, m in frames(dataset, "metadata"):
+        image = np.asarray(Image.open(dataset / split / "rgbs" / f"{path.stem}.png")).astype(int)
+        rot, pos = to_town(np.loadtxt(dataset / split / "pose_gt_rgb" / f"{path.stem}.txt"), dataset)
+        again, labels = render_rgb(scene, rot, pos, SMALL.width, SMALL.height, k, SMALL.supersample)
+        # The written pose is the pose the image was rendered from (up to float rounding: at most
+        # one grey level on a handful of pixels).
+        diff = np.abs(again.astype(int) - image)
+        assert diff.max() <= 1 and np.mean(diff > 0) < 0.01
+        assert image.std() > 20  # not a constant image: street grid, facades, roofs
+        assert (labels == GROUND).mean() > 0.05 and (labels == BUILDING).mean() > 0.05
+        assert (labels == SKY).mean() <= 0.4
+
+
+def test_the_default_flight_sees_some_sky_but_never_much():
+    spec = SceneSpec()
+    scene, trajectory, _ = build(spec)
+    rotations, positions = trajectory.pose(np.arange(spec.num_rgb) / spec.rgb_rate_hz)
+    k = intrinsics_for(24, 18, spec.hfov_deg)  # labels only: a coarse image is enough
+    sky = np.array([(render_depth(scene, r, p, 24, 18, k, 1e9)[1] == SKY).mean() for r, p in zip(rotations, positions)])
+    print(f"sky fraction: mean {sky.mean():.3f}, max {sky.max():.3f}, frames with sky {np.mean(sky > 0):.2f}")
+    assert sky.max() <= 0.4 and np.mean(sky > 0) >= 0.1
+
+
+def test_ray_caster_returns_the_nearest_surface():
+    scene, _, _ = build(SMALL)
+    rng = np.random.default_rng(7)
+    origins = np.concatenate([rng.uniform(-150, 150, (2000, 2)), rng.uniform(45, 90, (2000, 1))], 1)
+    dirs = rng.normal(size=(2000, 3))
+    dirs[:, 2] = -np.abs(dirs[:, 2]) - 0.05  # downwards-ish: most rays hit something
+    t, box, _ = scene.intersect(origins, dirs)
+    hit = box >= 0
+    assert hit.mean() > 0.5  # the rest leave over the ground's edge (origins up to 150 m out, shallow rays)
+    np.testing.assert_allclose(scene.signed_distance(origins[hit] + t[hit, None] * dirs[hit]), 0.0, atol=1e-9)
+    # Nothing in front of the hit: 64 samples along the way are all in free space.
+    s = np.linspace(0.0, 1.0, 64, endpoint=False)
+    along = origins[hit, None] + (t[hit, None, None] * s[None, :, None]) * dirs[hit, None]
+    assert (scene.signed_distance(along.reshape(-1, 3)) > 0).all()
+    # Rays that miss every box really do: none of their samples out to 600 m is inside a box.
+    far = origins[~hit, None] + np.linspace(0, 600, 121)[None, :, None] * dirs[~hit, None]
+    assert (scene.signed_distance(far.reshape(-1, 3)) > 0).all()
+
+
+def test_frustum_culling_changes_nothing():
+    scene, trajectory, _ = build(SceneSpec())
+    k = intrinsics_for(96, 72, 65.0)
+    rotations, positions = trajectory.pose(np.linspace(0, 30, 25))
+    d = camera_dirs(96, 72, k).reshape(-1, 3)
+    culled = 0
+    for r, p in zip(rotations, positions):
+        boxes = scene.boxes_in_view(r, p, k, 96, 72)
+        culled += len(scene.kind) - len(boxes)
+        for full, part in zip(scene.intersect(p, d @ r.T), scene.intersect(p, d @ r.T, boxes)):
+            np.testing.assert_array_equal(full, part)
+    assert culled > 0  # the test would be vacuous if nothing were ever culled
+
+
+def test_trajectory_is_smooth_and_within_its_ranges():
+    spec = SceneSpec()
+    _, trajectory, _ = build(spec)
+    dt = 1e-3
+    tau = np.arange(0.0, 32.0, dt)
+    rotations, positions = trajectory.pose(tau)
+    velocity = np.gradient(positions, dt, axis=0)
+    accel = np.gradient(velocity, dt, axis=0)
+    speed = np.linalg.norm(velocity[:, :2], axis=1)
+    # Mean 25 m/s, +-30% speed variation and the loop's wobble: within 12-45 m/s.
+    assert 12 < speed.min() and speed.max() < 45 and speed.mean() == pytest.approx(25, rel=0.1)
+    # C2 (in fact analytic): acceleration bounded and changing by < 0.1 m/s^2 per millisecond.
+    assert np.linalg.norm(accel, axis=1).max() < 30
+    assert np.abs(np.diff(accel[2:-2], axis=0)).max() < 0.1
+    angular = np.rad2deg(Rotation.from_matrix(np.swapaxes(rotations[:-1], 1, 2) @ rotations[1:]).magnitude()) / dt
+    assert angular.max() < 120  # deg/s: the yaw/pitch swings turn the camera, never jump
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_buildings": 40}, "num_buildings must be in \\[1, 24\\]"),  # 16 blocks, 4 plazas: 2 x 12 at most
+        ({"altitude_m": (30.0, 60.0)}, "altitude_m must lie above the tallest building"),
+        # Depth frames at 0.4 s, 0.8 s, ... land exactly on RGB frames when neither stream jitters.
+        ({"depth_offset_s": 0.4, "rgb_jitter_ms": 0, "depth_jitter_ms": 0}, "never equal to an RGB timestamp"),
+    ],
+)
+def test_bad_specs_are_refused_with_the_reason(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        generate_scene(tmp_path / "bad", dataclasses.replace(SMALL, **change))
+
+
+def test_command_line_writes_a_dataset(tmp_path, capsys):
+    # In-process through the same tyro entry point as `python -m examples.make_scene` (a subprocess
+    # would spend most of its time importing torch).
+    out = tmp_path / "cli"
+    args = [str(out), "--num-rgb", "6", "--width", "16", "--height", "12", "--depth-width", "8", "--depth-height", "6",
+            "--seed", "3"]
+    main(args)
+    assert "prior_translation_error_m" in capsys.readouterr().out
+    assert len(list((out / "train" / "rgbs").glob("*.png"))) == 5  # 6 frames, index 4 is val
+    assert (out / "preview.png").is_file()
+    assert json.loads((out / "scene.json").read_text())["spec"]["seed"] == 3
+    # Refuses to write into a non-empty directory unless told to.
+    with pytest.raises(FileExistsError, match="not empty"):
+        main(args)
+    main([*args, "--overwrite"])
