@@ -21,7 +21,9 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from async_nerf_ns.data.datamanager import AsyncNerfDataManager, AsyncNerfDataManagerConfig
+from async_nerf_ns.data.dataparser import METADATA_KEY
 from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
+from async_nerf_ns.evaluation import evaluate_depth_frames, flat_pose_errors
 from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
@@ -153,6 +155,48 @@ class AsyncNerfPipeline(VanillaPipeline):
 
     def depth_frame_set(self, track, source: DepthPoseSource) -> DepthFrameSet:
         return DepthFrameSet(track, self.depth_poses(track, source), self.datamanager.scene.pose_scale_factor)
+
+    # --- evaluation (ns-eval) ------------------------------------------------------------------
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path=None, get_std: bool = False
+    ) -> Dict[str, float]:
+        """nerfstudio's image metrics on val RGB frames, plus depth metrics and depth-frame pose errors."""
+        metrics = super().get_average_eval_image_metrics(step, output_path, get_std)
+        metrics.update(self.depth_and_pose_metrics())
+        return metrics
+
+    def _all_gt(self, track) -> bool:
+        return bool(torch.isfinite(track.gt_c2w).all())
+
+    @torch.no_grad()
+    def depth_and_pose_metrics(self) -> Dict[str, float]:
+        """Depth metrics on val depth frames (rendered at their GT poses when every frame has one, else
+        at the configured source) and pose errors of train/val depth frames per pose source."""
+        metrics: Dict = {}
+        scale = self.datamanager.scene.pose_scale_factor
+        val_scene = self.datamanager.eval_dataset.metadata[METADATA_KEY]
+        val_track = concat_tracks(val_scene) if val_scene.depth_tracks else None
+        was_training = self.model.training
+        self.model.eval()
+        if val_track is not None:
+            source = "gt" if self._all_gt(val_track) else self.config.depth_poses
+            metrics.update(evaluate_depth_frames(self.model, self.depth_frame_set(val_track, source)))
+            metrics["depth_eval_poses"] = source
+        for split, track in (("train", self.depth_track), ("val", val_track)):
+            if track is None or not self._all_gt(track):
+                continue
+            poses = {}
+            if torch.isfinite(track.prior_c2w).all():
+                poses["prior"] = track.prior_c2w
+            if self.tpf is not None:
+                poses["tpf"] = self.depth_poses(track, "tpf")
+            if split == "train" and self.config.depth_poses in poses:
+                base = poses[self.config.depth_poses].to(self.device)
+                refined = self.model.camera_optimizer.corrected_depth_poses(base).cpu()
+                poses[f"{self.config.depth_poses}+refine"] = refined
+            metrics.update(flat_pose_errors(f"depth_pose_{split}", poses, track.gt_c2w, scale))
+        self.model.train(was_training)
+        return metrics
 
     # --- checkpoints -------------------------------------------------------------------------------
     def load_state_dict(self, state_dict, strict: Optional[bool] = True):  # type: ignore[override]

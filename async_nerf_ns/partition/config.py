@@ -46,7 +46,8 @@ class PartitionConfig:
     samples_per_ray: int = 256
     """Points sampled uniformly along each ray's segment inside the altitude band (both ends
     included) to decide which cells the ray crosses. More samples miss fewer thin corners of
-    cells; the cost grows linearly."""
+    cells; the cost of the rays that need sampling (those not decided by distance bounds) grows
+    linearly with it."""
     max_ray_length: Optional[float] = None
     """Longest ray segment considered, in metres from the camera: rays nearly parallel to the
     ground would otherwise cross the band over unbounded distances. None: the diagonal of the
@@ -57,8 +58,8 @@ class PartitionConfig:
     plots and in partition.json. None: the middle of the altitude band."""
     chunk_rays: int = 4096
     """Rays processed at once when computing masks; memory grows as about
-    ``chunk_rays * samples_per_ray * number of cells * 9`` bytes (about 150 MB for 4096 rays,
-    256 samples and 16 cells)."""
+    ``chunk_rays * number of cells * 100`` bytes (about 6.5 MB for 4096 rays and 16 cells) plus
+    a few MB for sampling. It does not change the result."""
 
     def __post_init__(self) -> None:
         if len(self.grid_dim) != 2 or any(int(n) != n or n < 1 for n in self.grid_dim):

@@ -79,8 +79,8 @@ def ray_cell_membership(
         boundary_margin: m >= 1, how far beyond its Voronoi border a cell reaches (ratio of distances).
         samples_per_ray: points per segment, both ends included (>= 2).
         near, far: ray distances outside of which nothing counts.
-        chunk_rays: rays per step; memory is at most about ``chunk_rays * samples_per_ray * K * 9``
-            bytes, usually far less (only candidate cells are sampled, see `_membership_chunk`).
+        chunk_rays: rays per step; memory is about ``chunk_rays * K * 100`` bytes, plus a few MB
+            for the sampling (done in fixed blocks, see `SAMPLE_BLOCK_ELEMENTS`).
 
     Raises:
         ValueError: a ray runs inside the band forever (parallel to it with ``far`` infinite):
@@ -93,7 +93,6 @@ def ray_cell_membership(
         raise ValueError(f"samples_per_ray must be >= 2, got {samples_per_ray}")
     dtype = origins.dtype if origins.dtype.is_floating_point else torch.float32
     centres = centroids[:, :2].to(origins.device, dtype)
-    steps = torch.linspace(0.0, 1.0, samples_per_ray, device=origins.device, dtype=dtype)
     result = torch.zeros(origins.shape[0], centres.shape[0], dtype=torch.bool, device=origins.device)
     for begin in range(0, origins.shape[0], chunk_rays):
         o = origins[begin : begin + chunk_rays].to(dtype)
@@ -109,87 +108,108 @@ def ray_cell_membership(
         # The segment projected on the ground plane: p(s) = first + s * span, s in [0, 1].
         first = o[:, :2] + start[:, None] * d[:, :2]
         span = (end - start)[:, None] * d[:, :2]
-        member = _membership_chunk(first, span, centres, boundary_margin**2, steps)
+        member = _segment_membership(first, span, centres, boundary_margin**2, samples_per_ray)
         result[begin : begin + chunk_rays] = member & valid[:, None]
     return result
 
 
-def _membership_chunk(
-    first: Float[Tensor, "R 2"],
-    span: Float[Tensor, "R 2"],
-    centres: Float[Tensor, "K 2"],
-    margin_squared: float,
-    steps: Float[Tensor, "S"],
+def _segment_membership(
+    first: Float[Tensor, "R 2"], span: Float[Tensor, "R 2"], centres: Float[Tensor, "K 2"], margin_squared: float, samples: int
 ) -> Bool[Tensor, "R K"]:
-    """Membership of ground-plane segments ``first + s * span`` sampled at ``s = steps``.
+    """Membership of ground-plane segments ``first + s * span`` sampled at ``s = i / (samples - 1)``.
 
-    Sampling every cell at every sample costs R*S*K; most segments are near one or two cells,
-    so cells that cannot qualify are ruled out first, exactly (the result is the same as
-    sampling all cells):
-    - along the segment, min_j d_j(s)^2 <= min_j max(d_j(0)^2, d_j(1)^2) =: D, because each
-      squared distance is a convex quadratic in s, largest at an end;
-    - so cell k can only qualify at some s if min_s d_k(s)^2 <= m^2 D (the candidates);
-    - the nearest cell at any sample qualifies there (m >= 1), hence is a candidate: the minimum
-      over candidates equals the minimum over all cells, and only candidates need sampling.
-    The ends are samples, so cells within the margin at an end are members without further work;
-    only segments with a candidate not decided at an end are sampled, grouped by their number of
-    candidates c into (rays, c, S) blocks.
+    Sampling every cell at every sample costs R*S*K, but most segments are near few cells. So
+    bounds decide most segments without sampling and leave a short list of candidate cells for
+    the others (`_bounds`; exact: the result is the one of sampling all cells); the undecided
+    segments, grouped by their number of candidates c, are sampled over those c cells only.
+    (Cutting long segments into pieces and bounding each piece was tried: not faster here.)
     """
-    offset = first[:, None, :] - centres  # (R, K, 2)
-    at_start = offset.square().sum(dim=-1)  # d_k(0)^2
-    slope = 2.0 * (offset * span[:, None, :]).sum(dim=-1)  # d_k(s)^2 = at_start + slope s + curvature s^2
-    curvature = span.square().sum(dim=-1, keepdim=True)
-    at_end = at_start + slope + curvature
-    bound = margin_squared * torch.maximum(at_start, at_end).amin(dim=-1, keepdim=True)
-    s_min = (-slope / (2.0 * curvature).clamp_min(torch.finfo(span.dtype).tiny)).clamp(0.0, 1.0)
-    lowest = at_start + s_min * (slope + s_min * curvature)
-    # Relative slack: the bound only has to be necessary; a float rounding must not drop a candidate.
-    candidates = lowest <= bound * (1.0 + 1e-4) + torch.finfo(span.dtype).tiny
-    # The two ends are samples too: a cell within the margin at an end is a member for sure.
-    end_dist2 = (offset + span[:, None, :]).square().sum(dim=-1)
-    sure = (at_start <= margin_squared * at_start.amin(dim=-1, keepdim=True)) | (
-        end_dist2 <= margin_squared * end_dist2.amin(dim=-1, keepdim=True)
-    )
+    offset_x = first[:, 0:1] - centres[:, 0]  # (R, K)
+    offset_y = first[:, 1:2] - centres[:, 1]
+    candidates, sure = _bounds(offset_x, offset_y, span[:, None, :], margin_squared)
     undecided = (candidates & ~sure).any(dim=-1)
     member = sure & ~undecided[:, None]
     counts = torch.where(undecided, candidates.sum(dim=-1), 0)
+    steps = torch.linspace(0.0, 1.0, samples, device=first.device, dtype=first.dtype)
     for count in counts.unique().tolist():
-        if count < 2:  # 0: decided already; an undecided ray has >= 2 candidates (its nearest is sure)
+        if count < 2:  # 0: decided; an undecided segment has >= 2 candidates (its nearest cell is sure)
             continue
         rows = (counts == count).nonzero().squeeze(-1)
-        cells = candidates[rows].nonzero()[:, 1].reshape(-1, count)  # (r, c), each row's candidates in order
-        rel = offset[rows[:, None], cells]  # (r, c, 2): first point minus centre
+        cells = candidates[rows].nonzero()[:, 1].reshape(-1, count)  # (r, c): each row's candidates, in order
+        rel_x, rel_y = offset_x[rows[:, None], cells], offset_y[rows[:, None], cells]
         along = span[rows]
-        block = max(1, SAMPLE_BLOCK_ELEMENTS // (count * steps.shape[0]))
+        block = max(1, SAMPLE_BLOCK_ELEMENTS // (count * samples))
         qualifies = torch.cat(
             [
-                _sampled_qualifies(rel[b : b + block], along[b : b + block], margin_squared, steps)
+                _sampled_qualifies(rel_x[b : b + block], rel_y[b : b + block], along[b : b + block], margin_squared, steps)
                 for b in range(0, rows.shape[0], block)
             ]
         )
-        block_member = torch.zeros(rows.shape[0], centres.shape[0], dtype=torch.bool, device=first.device)
-        block_member.scatter_(1, cells, qualifies)
-        member[rows] = block_member
+        found = torch.zeros(rows.shape[0], centres.shape[0], dtype=torch.bool, device=first.device)
+        member[rows] = found.scatter_(1, cells, qualifies)
     return member
 
 
+def _bounds(
+    offset_x: Float[Tensor, "*batch K"],
+    offset_y: Float[Tensor, "*batch K"],
+    span: Float[Tensor, "*batch 1 2"],
+    margin_squared: float,
+) -> Tuple[Bool[Tensor, "*batch K"], Bool[Tensor, "*batch K"]]:
+    """Cells that may qualify somewhere on each segment (candidates) and that surely do (sure).
+
+    A segment starts at ``offset`` from each of its K cells' centres and moves by ``span``.
+    - along the segment, min_j d_j(s)^2 <= min_j max(d_j(0)^2, d_j(1)^2) =: D, because each
+      squared distance is a convex quadratic in s, largest at an end;
+    - so cell k can only qualify at some s if min_s d_k(s)^2 <= m^2 D: the candidates;
+    - the nearest cell at any sample qualifies there (m >= 1), hence is a candidate: the minimum
+      over candidates equals the minimum over all K cells, so only candidates need sampling;
+    - the ends are samples: cells within the margin at an end qualify for sure.
+    """
+    tiny = torch.finfo(offset_x.dtype).tiny
+    span_x, span_y = span[..., 0], span[..., 1]
+    at_start = offset_x * offset_x + offset_y * offset_y
+    end_x, end_y = offset_x + span_x, offset_y + span_y
+    at_end = end_x * end_x + end_y * end_y
+    curvature = span_x * span_x + span_y * span_y  # d_k(s)^2 = at_start + slope s + curvature s^2
+    slope = 2.0 * (offset_x * span_x + offset_y * span_y)
+    bound = margin_squared * torch.maximum(at_start, at_end).amin(dim=-1, keepdim=True)
+    s_min = (-slope / (2.0 * curvature).clamp_min(tiny)).clamp(0.0, 1.0)
+    lowest = at_start + s_min * (slope + s_min * curvature)
+    # Relative slack: the bound only has to be necessary; a float rounding must not drop a candidate.
+    candidates = lowest <= bound * (1.0 + 1e-4) + tiny
+    sure = (at_start <= margin_squared * at_start.amin(dim=-1, keepdim=True)) | (
+        at_end <= margin_squared * at_end.amin(dim=-1, keepdim=True)
+    )
+    return candidates | sure, sure
+
+
 SAMPLE_BLOCK_ELEMENTS = 1 << 18
-"""Samples x candidates evaluated per step. The evaluation is a few passes of elementwise work, so
-it is limited by memory traffic: blocks of about 1 MB of float32 stay in the CPU's L2 cache, which
-made it about 3x faster here than whole-chunk tensors; on a GPU it only adds a few launches."""
+"""Elements (segments x candidates x samples) sampled per step. The work is a few
+elementwise passes, limited by memory traffic: blocks of about 1 MB of float32 stay in the CPU's
+L2 cache, which was faster here than whole-chunk tensors; on a GPU it only adds a few launches."""
 
 
 def _sampled_qualifies(
-    rel: Float[Tensor, "r c 2"], along: Float[Tensor, "r 2"], margin_squared: float, steps: Float[Tensor, "S"]
+    rel_x: Float[Tensor, "r c"],
+    rel_y: Float[Tensor, "r c"],
+    along: Float[Tensor, "r 2"],
+    margin_squared: float,
+    steps: Float[Tensor, "S"],
 ) -> Bool[Tensor, "r c"]:
-    """Whether candidate c of segment r is within the margin at one of the samples at least."""
+    """Whether candidate c of segment r is within the margin at one of the samples at least.
+
+    ``rel`` is the segment's first point minus the candidate's centre, ``along`` the segment's span.
+    """
     # Layout (r, c, S), samples innermost so every pass is contiguous.
-    dist2 = rel[:, :, 0:1] + along[:, None, 0:1] * steps
+    dist2 = rel_x[:, :, None] + along[:, None, 0:1] * steps
     dist2.mul_(dist2)
-    other = rel[:, :, 1:2] + along[:, None, 1:2] * steps
+    other = rel_y[:, :, None] + along[:, None, 1:2] * steps
     dist2.addcmul_(other, other)
     threshold = dist2.amin(dim=1, keepdim=True).mul_(margin_squared)
-    return (dist2 <= threshold).any(dim=2)
+    # Within the margin at some sample <=> min over samples of (d^2 - m^2 nearest^2) <= 0; a float
+    # reduction is cheaper here than a bool comparison followed by any().
+    return dist2.sub_(threshold).amin(dim=2) <= 0
 
 
 def image_rays(cameras: Cameras, index: int) -> Tuple[Float[Tensor, "H W 3"], Float[Tensor, "H W 3"]]:

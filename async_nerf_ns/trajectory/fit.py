@@ -117,7 +117,12 @@ def fit_tpf(
         network.rotation_scale.fill_(max(_rms(angles), _MIN_RESIDUAL_SCALE))
 
     if config.iterations > 0:
-        _fit_residual(fitted, time_tensor, target_rotation, target_translation, config, progress)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(config.cpu_threads)
+        try:
+            _fit_residual(fitted, time_tensor, target_rotation, target_translation, config, progress)
+        finally:
+            torch.set_num_threads(threads)
     fitted.eval()
     return fitted
 
@@ -142,10 +147,20 @@ def _fit_residual(
     config: TimePoseFunctionConfig,
     progress: bool,
 ) -> None:
-    """Full-batch Adam on the residual network (the closed-form base stays fixed)."""
+    """Full-batch Adam on the residual network, with the closed-form base fixed.
+
+    Every `folds`-th frame is held out and the residual is kept at the step where it predicts those
+    frames best (step 0 is the base alone): the residual has more freedom than the base, and on a
+    smooth trajectory the only thing left for it to fit is the noise the base averaged away.
+    """
+    validation = torch.arange(time.shape[0]) % config.cross_validation_folds == config.cross_validation_folds - 1
+    if time.shape[0] < 2 * config.cross_validation_folds:
+        validation[:] = False  # too few frames to hold any out: train on all, keep the last step
+    train = ~validation
     optimizer = torch.optim.Adam(fitted.network.residual_parameters(), lr=config.learning_rate)
     decay = (config.final_learning_rate / config.learning_rate) ** (1.0 / config.iterations)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
+    best_error, best_state = float("inf"), None
     fitted.train()
     with Progress(
         TextColumn("[bold]fitting time-pose function"),
@@ -156,9 +171,21 @@ def _fit_residual(
         transient=True,
     ) as bar:
         task = bar.add_task("fit", total=config.iterations, loss="-")
-        for step in range(config.iterations):
-            rotation, translation = fitted.network(time)
-            losses = tpf_losses(rotation, translation, target_rotation, target_translation, config)
+        for step in range(config.iterations + 1):
+            if validation.any() and (step % config.validation_interval == 0 or step == config.iterations):
+                with torch.no_grad():
+                    rotation, translation = fitted.network(time[validation])
+                    losses = tpf_losses(
+                        rotation, translation, target_rotation[validation], target_translation[validation], config
+                    )
+                    error = float(losses["translation"] + losses["rotation"])
+                if error < best_error:
+                    best_error = error
+                    best_state = {k: v.detach().clone() for k, v in fitted.network.state_dict().items()}
+            if step == config.iterations:
+                break
+            rotation, translation = fitted.network(time[train])
+            losses = tpf_losses(rotation, translation, target_rotation[train], target_translation[train], config)
             loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -166,3 +193,5 @@ def _fit_residual(
             scheduler.step()
             if progress and (step % 50 == 0 or step == config.iterations - 1):
                 bar.update(task, completed=step + 1, loss=f"{loss.item():.3e}")
+    if best_state is not None:
+        fitted.network.load_state_dict(best_state)

@@ -39,11 +39,13 @@ from async_nerf_ns.trajectory.time_grid import TimeGridEncoding, level_resolutio
 
 @dataclass
 class TimePoseFunctionConfig(InstantiateConfig):
-    """Architecture and fitting schedule of the time-pose function."""
+    """Architecture and fitting schedule of the time-pose function.
+
+    `config.setup(num_frames=..., translation_cells=..., rotation_cells=...)` builds an unfitted
+    `FittedTPF` to load a state dict into (or use `FittedTPF.from_state_dict`).
+    """
 
     _target: Type = field(default_factory=lambda: FittedTPF)
-    """`config.setup(num_frames=..., translation_cells=..., rotation_cells=...)` builds an unfitted
-    `FittedTPF` to load a state dict into (or use `FittedTPF.from_state_dict`)."""
     knot_spacings: Tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
     """Candidate spacings, in training frames per knot, of the smooth B-spline base; the one with the
     lowest cross-validation error is used, separately for translation and rotation."""
@@ -66,6 +68,8 @@ class TimePoseFunctionConfig(InstantiateConfig):
     """Number of hidden layers of the residual MLP."""
     iterations: int = 1000
     """Full-batch Adam steps on the residual network (0: the B-spline base alone)."""
+    validation_interval: int = 25
+    """Steps between evaluations of the residual on the held-out frames (it is kept at the best)."""
     learning_rate: float = 1e-2
     """Initial Adam learning rate."""
     final_learning_rate: float = 1e-4
@@ -83,6 +87,10 @@ class TimePoseFunctionConfig(InstantiateConfig):
     """Rotation loss on SO(3): 'geodesic' (squared angle) or 'chordal' (squared Frobenius / 2)."""
     seed: int = 0
     """Random seed of the network initialisation."""
+    cpu_threads: int = 1
+    """Torch CPU threads while fitting (restored afterwards). The problem is small (one batch of
+    about 1000 x 64), so threads mostly wait on each other: on a busy 2-core machine one thread
+    fitted 7x faster than two."""
 
     def residual_resolutions(self, num_frames: int) -> List[int]:
         """Cells per residual grid level for a trajectory of `num_frames` training frames."""

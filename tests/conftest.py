@@ -1,0 +1,37 @@
+"""Shared fixtures: one small generated scene for the tests that need a whole dataset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from examples.make_scene import SceneSpec, generate_scene
+
+# Small enough for CPU end-to-end runs, big enough that the 2x2 partition and the depth track matter.
+E2E_SPEC = SceneSpec(num_rgb=64, width=64, height=48, depth_width=48, depth_height=36, write_preview=False)
+
+
+@pytest.fixture(scope="session")
+def example_scene(tmp_path_factory) -> Path:
+    """A generated aerial scene in the async-nerf layout (64 RGB frames at 64x48, one lidar track)."""
+    return generate_scene(tmp_path_factory.mktemp("example") / "scene", E2E_SPEC)
+
+
+def run_command(args: List[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Runs a console command of the venv (ns-train, ns-eval, ...) as a user would; fails with its output."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}"
+            f"\n--- stderr ---\n{result.stderr[-6000:]}"
+        )
+    return result

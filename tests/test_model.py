@@ -1,0 +1,130 @@
+"""The partitioned model: merged field = cell field inside the cell, one cell per training batch."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.data.scene_box import SceneBox
+
+from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY
+from async_nerf_ns.method import async_nerf_small_config
+from async_nerf_ns.model.merged import MergedDensityFn, MergedField
+from async_nerf_ns.model.model import AsyncNerfModel
+from async_nerf_ns.partition.routing import route_to_cells
+
+# A 2x2 grid of centroids on the ground plane (world x-y); routing uses x-y only.
+CENTROIDS = torch.tensor([[-0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0]])
+NUM_IMAGES = 5
+
+
+@pytest.fixture(scope="module")
+def model() -> AsyncNerfModel:
+    torch.manual_seed(0)
+    config = dataclasses.replace(async_nerf_small_config().pipeline.model, implementation="torch")
+    model = config.setup(
+        scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])),
+        num_train_data=NUM_IMAGES,
+        metadata={},
+        device="cpu",
+        centroids=CENTROIDS,
+        num_depth_frames=3,
+    )
+    # Different random weights per cell, so that routing to the wrong cell would show.
+    with torch.no_grad():
+        for k, cell in enumerate(model.cells):
+            for p in cell.parameters():
+                p.add_(0.05 * (k + 1) * torch.randn_like(p))
+    return model.eval()
+
+
+def _bundle(n: int, seed: int) -> RayBundle:
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.rand(n, 3, generator=g) * 1.6 - 0.8
+    origins[:, 2] = 0.6
+    directions = torch.nn.functional.normalize(torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0, 0, -1.0]), dim=-1)
+    return RayBundle(
+        origins=origins,
+        directions=directions,
+        pixel_area=torch.full((n, 1), 1e-4),
+        camera_indices=torch.randint(NUM_IMAGES, (n, 1), generator=g),
+        nears=torch.full((n, 1), 0.05),
+        fars=torch.full((n, 1), 2.0),
+    )
+
+
+def test_model_has_one_cell_per_centroid_and_groups_per_cell(model: AsyncNerfModel):
+    assert model.num_cells == 4
+    groups = model.get_param_groups()
+    assert {f"cell{k}.fields" for k in range(4)} <= set(groups)
+    assert {f"cell{k}.proposal_networks" for k in range(4)} <= set(groups)
+    # The small preset refines depth poses (SO3xR3) and not RGB poses.
+    assert "depth_pose_opt" in groups and "camera_opt" not in groups
+
+
+def test_merged_density_equals_each_cells_density_inside_its_cell(model: AsyncNerfModel):
+    points = torch.rand(4000, 3) * 2.0 - 1.0
+    cells = route_to_cells(points, CENTROIDS)
+    with torch.no_grad():
+        for iteration in range(model.config.num_proposal_iterations):
+            merged = MergedDensityFn(model.cells, CENTROIDS, iteration)(points)
+            for k in range(4):
+                inside = cells == k
+                assert inside.sum() > 500  # the random points cover every cell
+                own = model.cells[k].density_fns[iteration](points[inside])
+                assert torch.equal(merged[inside], own), f"cell {k}, proposal {iteration}"
+                other = model.cells[(k + 1) % 4].density_fns[iteration](points[inside])
+                assert not torch.allclose(merged[inside], other)
+
+
+def test_merged_field_equals_cell_field_on_ray_samples_inside_the_cell(model: AsyncNerfModel):
+    bundle = _bundle(64, seed=1)
+    with torch.no_grad():
+        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
+        merged = MergedField(model.cells, CENTROIDS)(samples)
+        cells = route_to_cells(samples.frustums.get_positions(), CENTROIDS)
+        for k in range(4):
+            inside = cells == k
+            own = model.cells[k].field.forward(samples[inside])
+            for name, value in own.items():
+                assert torch.equal(merged[name][inside], value), f"{name} differs in cell {k}"
+
+
+def test_training_batch_renders_and_steps_only_its_cell(model: AsyncNerfModel):
+    model.train()
+    try:
+        bundle = _bundle(32, seed=2)
+        bundle.metadata[CELL_KEY] = torch.full((32, 1), 2, dtype=torch.long)
+        bundle.metadata[DEPTH_FRAME_KEY] = torch.full((32, 1), -1, dtype=torch.long)
+        model.zero_grad(set_to_none=True)
+        outputs = model(bundle)
+        outputs["rgb"].sum().backward()
+        with_grad = {k for k, cell in enumerate(model.cells) if any(p.grad is not None for p in cell.parameters())}
+        assert with_grad == {2}
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_depth_rays_get_depth_pose_corrections_only_once_refinement_started(model: AsyncNerfModel):
+    rig = model.camera_optimizer
+    with torch.no_grad():
+        rig.depth.pose_adjustment[1] = torch.tensor([0.1, 0.0, 0.0, 0.0, 0.0, 0.0])
+    try:
+        bundle = _bundle(4, seed=3)
+        bundle.metadata[DEPTH_FRAME_KEY] = torch.tensor([[-1], [1], [1], [0]])
+        before = bundle.origins.clone()
+        rig.depth_active = False
+        rig.apply_to_raybundle(bundle)
+        assert torch.equal(bundle.origins, before)
+        rig.depth_active = True
+        rig.apply_to_raybundle(bundle)
+        shift = bundle.origins - before
+        assert torch.allclose(shift[1], torch.tensor([0.1, 0.0, 0.0])) and torch.allclose(shift[2], shift[1])
+        assert torch.equal(shift[0], torch.zeros(3)) and torch.equal(shift[3], torch.zeros(3))
+    finally:
+        rig.depth_active = False
+        with torch.no_grad():
+            rig.depth.pose_adjustment.zero_()

@@ -1,0 +1,83 @@
+"""Stage 3 on a synthetic field: depth-frame pose corrections recover a known pose perturbation.
+
+The "field" is an analytic corner (floor z=0, walls x=2 and y=2) whose ray termination is exact
+and differentiable in the ray origin and direction, so the test isolates our pose-refinement
+machinery: RigPoseOptimizer's SO3xR3 corrections applied to depth rays + the depth loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
+from scipy.spatial.transform import Rotation
+
+from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
+from async_nerf_ns.model.depth_loss import depth_loss
+from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
+from async_nerf_ns.trajectory.metrics import pose_errors
+
+PLANES = [((0.0, 0.0, 1.0), 0.0), ((1.0, 0.0, 0.0), 2.0), ((0.0, 1.0, 0.0), 2.0)]
+
+
+def corner_depth(origins: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Distance along each ray to the first of the three planes in front of it."""
+    hits = []
+    for normal, offset in PLANES:
+        n = torch.tensor(normal)
+        t = (offset - origins @ n) / (directions @ n)
+        hits.append(torch.where(t > 1e-6, t, torch.full_like(t, float("inf"))))
+    return torch.stack(hits, dim=-1).min(dim=-1).values[:, None]
+
+
+def look_at(eye, target) -> torch.Tensor:
+    eye, target = torch.tensor(eye), torch.tensor(target)
+    back = torch.nn.functional.normalize(eye - target, dim=0)  # OpenGL: the camera looks along -z
+    right = torch.nn.functional.normalize(torch.cross(torch.tensor([0.0, 0.0, 1.0]), back, dim=0), dim=0)
+    up = torch.cross(back, right, dim=0)
+    return torch.cat([torch.stack([right, up, back], dim=1), eye[:, None]], dim=1)
+
+
+def rays(c2w: torch.Tensor):
+    camera = Cameras(camera_to_worlds=c2w[None], fx=20.0, fy=20.0, cx=16.0, cy=12.0, width=32, height=24)
+    bundle = camera.generate_rays(camera_indices=0).flatten()
+    return bundle.origins, bundle.directions
+
+
+def test_depth_pose_refinement_removes_most_of_a_3_degree_10_cm_error():
+    torch.manual_seed(0)
+    gt = look_at([0.2, 0.1, 1.5], [2.0, 2.0, 0.3])
+    origins, directions = rays(gt)
+    measured = corner_depth(origins, directions)
+    assert torch.isfinite(measured).all()
+
+    # Perturb: 3 degrees about a tilted axis and 10 cm (scene units = metres here) sideways.
+    rotation = torch.tensor(Rotation.from_rotvec(torch.deg2rad(torch.tensor(3.0)) * torch.tensor([0.6, 0.0, 0.8])).as_matrix(), dtype=torch.float32)
+    perturbed = torch.cat([rotation @ gt[:, :3], gt[:, 3:] + torch.tensor([[0.06], [-0.08], [0.0]])], dim=1)
+    before = pose_errors(perturbed[None], gt[None], 1.0)
+
+    rig = RigPoseOptimizer(CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="SO3xR3"), num_rgb=1, num_depth=1)
+    rig.depth_active = True
+    optimizer = torch.optim.Adam(rig.depth.parameters(), lr=3e-3)
+    p_origins, p_directions = rays(perturbed)
+    for _ in range(300):
+        bundle = RayBundle(
+            origins=p_origins.clone(),
+            directions=p_directions.clone(),
+            pixel_area=torch.ones(len(p_origins), 1),
+            camera_indices=torch.zeros(len(p_origins), 1, dtype=torch.long),
+            metadata={DEPTH_FRAME_KEY: torch.zeros(len(p_origins), 1, dtype=torch.long)},
+        )
+        rig.apply_to_raybundle(bundle)
+        loss = depth_loss(corner_depth(bundle.origins, bundle.directions), measured, "l1")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with torch.no_grad():
+        refined = rig.corrected_depth_poses(perturbed[None])
+    after = pose_errors(refined, gt[None], 1.0)
+    # Measured: 0.10 m / 3.0 deg before; after 300 steps below 1 mm and 0.1 deg.
+    assert after["translation_m"]["mean"] < 0.5 * before["translation_m"]["mean"]
+    assert after["rotation_deg"]["mean"] < 0.5 * before["rotation_deg"]["mean"]
