@@ -89,8 +89,7 @@ class AsyncNerfPipeline(VanillaPipeline):
 
         self.depth_track = concat_tracks(scene) if scene.depth_tracks else None
         self.tpf: Optional[FittedTPF] = None
-        if scene.rgb_timestamps is not None and len(scene.rgb_timestamps) >= 2:
-            self.tpf = FittedTPF(config.tpf, num_frames=len(scene.rgb_timestamps))
+        """Fitted in stage 1 when training, or rebuilt from a checkpoint by load_pipeline."""
         if test_mode == "val" and self.depth_track is not None:  # training: run stage 1
             if config.depth_poses == "tpf":
                 self._fit_tpf()
@@ -133,11 +132,11 @@ class AsyncNerfPipeline(VanillaPipeline):
     # --- stage 1: poses of depth frames ----------------------------------------------------------
     def _fit_tpf(self) -> None:
         scene = self.datamanager.scene
-        if self.tpf is None:
+        if scene.rgb_timestamps is None or len(scene.rgb_timestamps) < 2:
             raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
         CONSOLE.print(f"Stage 1: fitting the time-pose function to {len(scene.rgb_timestamps)} RGB frames")
-        fitted = fit_tpf(scene.rgb_timestamps.numpy(), self.datamanager.train_dataset.cameras.camera_to_worlds, self.config.tpf)
-        self.tpf.load_state_dict(fitted.state_dict())
+        cameras = self.datamanager.train_dataset.cameras
+        self.tpf = fit_tpf(scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), self.config.tpf)
 
     def depth_poses(self, track, source: DepthPoseSource) -> torch.Tensor:
         """World-frame poses (N,3,4) of a track's frames from ``source`` (before joint refinement)."""
@@ -199,6 +198,13 @@ class AsyncNerfPipeline(VanillaPipeline):
         return metrics
 
     # --- checkpoints -------------------------------------------------------------------------------
+    def load_pipeline(self, loaded_state: Dict[str, torch.Tensor], step: int) -> None:
+        """Rebuilds the time-pose function to the checkpoint's shapes (chosen when it was fitted), then loads."""
+        prefix = "tpf."
+        tpf_state = {k[len(prefix) :]: v for k, v in loaded_state.items() if k.startswith(prefix)}
+        self.tpf = FittedTPF.from_state_dict(self.config.tpf, tpf_state) if tpf_state else None
+        super().load_pipeline(loaded_state, step)
+
     def load_state_dict(self, state_dict, strict: Optional[bool] = True):  # type: ignore[override]
         """Always strict: a checkpoint that does not match (a missing cell, renamed keys) is an error,
         not a silently untrained model (VanillaPipeline retries with strict=False)."""

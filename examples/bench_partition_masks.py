@@ -19,7 +19,7 @@ from nerfstudio.cameras.cameras import Cameras
 
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import resolve_geometry
-from async_nerf_ns.partition.masks import compute_cluster_masks, image_rays
+from async_nerf_ns.partition.masks import compute_cluster_masks, image_rays, ray_band_segments
 
 
 def synthetic_cameras(num_cameras: int, width: int, height: int) -> Cameras:
@@ -41,6 +41,23 @@ def synthetic_cameras(num_cameras: int, width: int, height: int) -> Cameras:
     )
 
 
+def all_cells_all_samples(cameras: Cameras, centroids, z_range, far, margin: float, samples: int, chunk: int):
+    """The membership rule without the bounds of masks.py: every cell at every sample (for comparison)."""
+    masks = []
+    for index in range(len(cameras)):
+        origins, directions = (x.reshape(-1, 3) for x in image_rays(cameras, index))
+        parts = []
+        for b in range(0, origins.shape[0], chunk):
+            o, d = origins[b : b + chunk], directions[b : b + chunk]
+            start, end, valid = ray_band_segments(o, d, z_range, 0.0, far)
+            t = start[:, None] + (end - start)[:, None] * torch.linspace(0, 1, samples)
+            points = o[:, None, :2] + t[..., None] * d[:, None, :2]
+            dist2 = (points[:, :, None, :] - centroids[:, :2]).square().sum(dim=-1)
+            parts.append((dist2 <= margin**2 * dist2.amin(dim=-1, keepdim=True)).any(dim=1) & valid[:, None])
+        masks.append(torch.cat(parts))
+    return masks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=640)
@@ -50,6 +67,7 @@ def main() -> None:
     parser.add_argument("--chunk-rays", type=int, default=PartitionConfig.chunk_rays)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--reference", action="store_true", help="also time sampling all cells (no bounds), once")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -68,8 +86,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, CPU"
     )
     print(f"ray generation alone: {ray_seconds / megapixels:.3f} s/MP\n")
-    print("| grid | cells | s/MP (rays + membership) | mean cells per pixel |")
-    print("|---|---|---|---|")
+    print("| grid | cells | s/MP (rays + membership) | mean cells per pixel | s/MP, all cells sampled (reference) |")
+    print("|---|---|---|---|---|")
     for grid in ((2, 2), (3, 3), (4, 4)):
         config = PartitionConfig(grid_dim=grid, samples_per_ray=args.samples_per_ray, chunk_rays=args.chunk_rays)
         geometry = resolve_geometry(
@@ -83,7 +101,19 @@ def main() -> None:
             )
             seconds = min(seconds, time.perf_counter() - start)
         cells_per_pixel = torch.cat([m.reshape(-1, m.shape[-1]) for m in masks]).sum(dim=-1).float().mean()
-        print(f"| {grid[0]}x{grid[1]} | {geometry.num_cells} | {seconds / megapixels:.2f} | {cells_per_pixel:.2f} |")
+        reference = "-"
+        if args.reference:
+            start = time.perf_counter()
+            plain = all_cells_all_samples(
+                cameras, geometry.centroids, geometry.z_range, geometry.max_ray_length, config.boundary_margin,
+                config.samples_per_ray, args.chunk_rays // 4,
+            )
+            reference = f"{(time.perf_counter() - start) / megapixels:.2f}"
+            assert all(torch.equal(a.reshape(b.shape), b) for a, b in zip(plain, masks)), "masks differ"
+        print(
+            f"| {grid[0]}x{grid[1]} | {geometry.num_cells} | {seconds / megapixels:.2f} | {cells_per_pixel:.2f} "
+            f"| {reference} |"
+        )
 
 
 if __name__ == "__main__":

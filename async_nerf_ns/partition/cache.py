@@ -86,7 +86,9 @@ def cached_cluster_masks(
             if len(masks) == len(cameras):
                 CONSOLE.print(f"Loaded cluster masks from {path}")
                 return masks
-            CONSOLE.print(f"[yellow]Recomputing cluster masks: {path} holds {len(masks)} images, expected {len(cameras)}")
+            CONSOLE.print(
+                f"[yellow]Recomputing cluster masks: {path} holds {len(masks)} images, expected {len(cameras)}"
+            )
     masks = masks_module.compute_cluster_masks(
         cameras, centroids, config, z_range, max_ray_length=max_ray_length, near=near, show_progress=show_progress
     )

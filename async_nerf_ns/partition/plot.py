@@ -71,7 +71,7 @@ def plot_partition(
     for k in range(num_cells):
         text = f"cell {k}" + (f"\n{cell_labels[k]}" if cell_labels else "")
         ax.annotate(text, (float(centroids[k, 0]), float(centroids[k, 1])), xytext=(8, -8), textcoords="offset points",
-                    fontsize=8, va="top", zorder=5, bbox=dict(boxstyle="round,pad=0.2", fc="white", alpha=0.8, lw=0))
+                    fontsize=8, va="top", zorder=5, bbox=dict(boxstyle="round,pad=0.2", fc="white", alpha=0.7, lw=0))
 
     lo_m, hi_m = geometry.altitude_range_m
     ax.set_title(
@@ -85,6 +85,5 @@ def plot_partition(
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")

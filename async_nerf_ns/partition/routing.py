@@ -59,7 +59,9 @@ class GridRouter:
         """
         n0, n1 = grid_dim
         if centroids.shape != (n0 * n1, 3):
-            raise ValueError(f"expected {n0 * n1} centroids for grid_dim {grid_dim}, got shape {tuple(centroids.shape)}")
+            raise ValueError(
+                f"expected {n0 * n1} centroids for grid_dim {grid_dim}, got shape {tuple(centroids.shape)}"
+            )
         grid = centroids[:, :2].detach().to("cpu", torch.float64).reshape(n0, n1, 2)
         xs, ys = grid[:, 0, 0], grid[0, :, 1]
         step_x = float(xs[1] - xs[0]) if n0 > 1 else 1.0

@@ -218,7 +218,8 @@ class PartitionCommand:
             "format": PARTITION_JSON_FORMAT,
             "data": str(self.data),
             "grid_dim": list(geometry.grid_dim),
-            "cell_order": "row-major: cell = i * grid_dim[1] + j, i along world x (= DRB y), j along world y (= DRB -z)",
+            "cell_order": "row-major: cell = i * grid_dim[1] + j, i along world x (= DRB y), "
+            "j along world y (= DRB -z)",
             "boundary_margin": self.partition.boundary_margin,
             "samples_per_ray": self.partition.samples_per_ray,
             "altitude_range_m": [lo_m, hi_m],
@@ -231,7 +232,8 @@ class PartitionCommand:
             "centroid_frame": "centroid_drb: the layout's normalised DRB frame (as metadata c2w); "
             "centroid_world: the dataparser's z-up world",
             "depth_poses": self.depth_poses,
-            "mask_format": "npz with bits = numpy.packbits(mask.reshape(-1)) of a bool (H, W, K) mask, shape = [H, W, K]",
+            "mask_format": "npz: bits = numpy.packbits(mask.reshape(-1)) of a bool (H, W, K) mask, "
+            "shape = [H, W, K]",
             "cells": cells,
             "images": images,
             "skipped_depth_frames": skipped,

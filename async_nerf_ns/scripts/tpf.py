@@ -113,8 +113,7 @@ class FitTpf:
             "fit": {
                 "rgb_frames": int(problem.train_timestamps.shape[0]),
                 "seconds": fit_seconds,
-                "translation_cells": int(fitted.shape_info[1]),
-                "rotation_cells": int(fitted.shape_info[2]),
+                **{key: value for key, value in fitted.fit_report.items() if key != "frames"},
                 "config": {k: v for k, v in dataclasses.asdict(self.tpf).items() if not k.startswith("_")},
             },
             "sets": {},
@@ -126,9 +125,11 @@ class FitTpf:
             if pose_set.write_dir is not None:
                 for stem, pose in zip(pose_set.stems, predicted):
                     write_pose_txt(self.output / pose_set.write_dir / f"{stem}.txt", pose, pose_set.homogeneous)
-            entry = {"frames": len(pose_set.stems), "written_to": pose_set.write_dir, "errors": {}}
-            entry["errors"] = _errors(pose_set, predicted, baselines, problem.metres_per_unit)
-            report["sets"][pose_set.name] = entry
+            report["sets"][pose_set.name] = {
+                "frames": len(pose_set.stems),
+                "written_to": pose_set.write_dir,
+                "errors": _errors(pose_set, predicted, baselines, problem.metres_per_unit),
+            }
             linear = baselines["linear_slerp"](pose_set.timestamps)
             streams.append(_stream(pose_set, predicted, linear, problem.to_plot_frame))
         (self.output / "pose_errors.json").write_text(json.dumps(report, indent=2))

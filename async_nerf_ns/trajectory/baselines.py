@@ -9,14 +9,12 @@ last RGB frame of a 10 m/s drone 0.5 m off; scipy's own cubic extrapolation is u
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
 from scipy.interpolate import CubicSpline
 from scipy.spatial.transform import Rotation, RotationSpline, Slerp
-
-_Interpolant = Callable[[np.ndarray], Tuple[np.ndarray, Rotation]]
 
 
 def prepare_trajectory(timestamps, c2w) -> Tuple[np.ndarray, np.ndarray]:

@@ -87,17 +87,18 @@ def fit_tpf(
     """
     config = config or TimePoseFunctionConfig()
     times, poses = prepare_trajectory(timestamps, c2w)
-    unfitted = FittedTPF(config, times.shape[0], 1, 1)
-    unfitted.set_normalisation(times, poses)
-    normalised_time = unfitted.normalise_time(times)
-    positions = unfitted.normalise_positions(poses[:, :, 3])
-    columns = np.concatenate([poses[:, :, 0], poses[:, :, 1]], axis=-1)
+    columns = np.concatenate([poses[:, :, 0], poses[:, :, 1]], axis=-1)  # the 6-D rotation representation
+    # The choice of knots only needs time in [0, 1]: least squares commutes with the position
+    # normalisation (an affine map), so the cross-validation can run on the raw positions.
+    unit_time = (times - times[0]) / (times[-1] - times[0])
     folds = config.cross_validation_folds
-    translation_cells = select_cells(normalised_time, positions, config.knot_spacings, folds)
-    rotation_cells = select_cells(normalised_time, columns, config.knot_spacings, folds)
+    translation_cells = select_cells(unit_time, poses[:, :, 3], config.knot_spacings, folds)
+    rotation_cells = select_cells(unit_time, columns, config.knot_spacings, folds)
 
     fitted = FittedTPF(config, times.shape[0], translation_cells, rotation_cells)
-    fitted.load_state_dict({**fitted.state_dict(), **_normalisation(unfitted)})
+    fitted.set_normalisation(times, poses)
+    normalised_time = fitted.normalise_time(times)
+    positions = fitted.normalise_positions(poses[:, :, 3])
     network = fitted.network
     with torch.no_grad():
         control = least_squares_control_points(normalised_time, positions, translation_cells)
@@ -116,14 +117,21 @@ def fit_tpf(
         angles = matrix_to_axis_angle(base_rotation.transpose(-1, -2) @ target_rotation)
         network.rotation_scale.fill_(max(_rms(angles), _MIN_RESIDUAL_SCALE))
 
+    kept_step = 0
     if config.iterations > 0:
         threads = torch.get_num_threads()
         torch.set_num_threads(config.cpu_threads)
         try:
-            _fit_residual(fitted, time_tensor, target_rotation, target_translation, config, progress)
+            kept_step = _fit_residual(fitted, time_tensor, target_rotation, target_translation, config, progress)
         finally:
             torch.set_num_threads(threads)
     fitted.eval()
+    fitted.fit_report = {
+        "frames": int(times.shape[0]),
+        "translation_cells": translation_cells,
+        "rotation_cells": rotation_cells,
+        "residual_step_kept": kept_step,
+    }
     return fitted
 
 
@@ -135,10 +143,6 @@ def _rms(values: Tensor) -> float:
     return float(torch.sqrt((values.double() ** 2).mean()))
 
 
-def _normalisation(fitted: FittedTPF) -> Dict[str, Tensor]:
-    return {name: buffer for name, buffer in fitted.state_dict().items() if not name.startswith(("network.", "shape"))}
-
-
 def _fit_residual(
     fitted: FittedTPF,
     time: Tensor,
@@ -146,8 +150,8 @@ def _fit_residual(
     target_translation: Tensor,
     config: TimePoseFunctionConfig,
     progress: bool,
-) -> None:
-    """Full-batch Adam on the residual network, with the closed-form base fixed.
+) -> int:
+    """Full-batch Adam on the residual network, with the closed-form base fixed; returns the step kept.
 
     Every `folds`-th frame is held out and the residual is kept at the step where it predicts those
     frames best (step 0 is the base alone): the residual has more freedom than the base, and on a
@@ -160,7 +164,7 @@ def _fit_residual(
     optimizer = torch.optim.Adam(fitted.network.residual_parameters(), lr=config.learning_rate)
     decay = (config.final_learning_rate / config.learning_rate) ** (1.0 / config.iterations)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
-    best_error, best_state = float("inf"), None
+    best_error, best_step, best_state = float("inf"), 0, None
     fitted.train()
     with Progress(
         TextColumn("[bold]fitting time-pose function"),
@@ -180,8 +184,10 @@ def _fit_residual(
                     )
                     error = float(losses["translation"] + losses["rotation"])
                 if error < best_error:
-                    best_error = error
+                    best_error, best_step = error, step
                     best_state = {k: v.detach().clone() for k, v in fitted.network.state_dict().items()}
+                elif step - best_step >= config.patience * config.validation_interval:
+                    break
             if step == config.iterations:
                 break
             rotation, translation = fitted.network(time[train])
@@ -193,5 +199,7 @@ def _fit_residual(
             scheduler.step()
             if progress and (step % 50 == 0 or step == config.iterations - 1):
                 bar.update(task, completed=step + 1, loss=f"{loss.item():.3e}")
-    if best_state is not None:
-        fitted.network.load_state_dict(best_state)
+    if best_state is None:  # nothing held out: keep the last step
+        return step
+    fitted.network.load_state_dict(best_state)
+    return best_step

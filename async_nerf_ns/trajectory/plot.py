@@ -47,7 +47,11 @@ def plot_trajectory(
     top.plot(rgb_positions[:, 0], rgb_positions[:, 1], ".", color="0.4", ms=3, label="RGB poses (fitted)")
     height.plot(curve_timestamps - t0, curve_positions[:, 2], "-", color="tab:blue", lw=1.0, label="TPF")
     height.plot(rgb_timestamps - t0, rgb_positions[:, 2], ".", color="0.4", ms=3, label="RGB poses (fitted)")
-    markers = (("tpf", "x", "tab:blue", "TPF pose"), ("gt", "o", "tab:green", "true pose"), ("prior", "+", "tab:red", "prior pose"))
+    markers = (
+        ("tpf", "x", "tab:blue", "TPF pose"),
+        ("gt", "o", "tab:green", "true pose"),
+        ("prior", "+", "tab:red", "prior pose"),
+    )
     for stream in depth:
         size = 6 if stream.timestamps.shape[0] <= 100 else 2.5  # dense tracks would hide the curve
         for attribute, marker, colour, what in markers:

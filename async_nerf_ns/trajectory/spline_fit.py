@@ -28,7 +28,7 @@ _REGULARISATION = 1e-9
 def least_squares_control_points(time: np.ndarray, values: np.ndarray, cells: int) -> np.ndarray:
     """Control points (cells + 3, D), float64, of the uniform cubic B-spline on [0, 1] with `cells`
     cells that is closest (least squares) to `values` (N, D) at normalised times `time` (N,)."""
-    basis = scipy.sparse.csr_matrix(cubic_bspline_basis(time, cells))
+    basis = cubic_bspline_basis(time, cells)
     second_difference = scipy.sparse.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(cells + 1, cells + 3))
     normal = basis.T @ basis
     scale = max(float(normal.diagonal().mean()), 1e-12)

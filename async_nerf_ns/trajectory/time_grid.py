@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import List, Literal
 
 import numpy as np
+import scipy.sparse
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
@@ -42,9 +43,9 @@ def knot_weights(offset: Float[Tensor, "*bs"], interpolation: Literal["linear", 
     return torch.cat([(1 - s) ** 3, 3 * s3 - 6 * s2 + 4, -3 * s3 + 3 * s2 + 3 * s + 1, s3], dim=-1) / 6
 
 
-def cubic_bspline_basis(time: np.ndarray, cells: int) -> np.ndarray:
-    """Design matrix (N, cells + 3) of a uniform cubic B-spline on [0, 1] with `cells` cells:
-    row n holds the weight of each control point at time[n] (clamped to [0, 1]), float64.
+def cubic_bspline_basis(time: np.ndarray, cells: int) -> scipy.sparse.csr_matrix:
+    """Sparse design matrix (N, cells + 3) of a uniform cubic B-spline on [0, 1] with `cells`
+    cells: row n holds the weights (float64) of the 4 control points around time[n] (clamped).
 
     A curve with control points C (cells + 3, D) is `basis @ C`; it is what a one-level cubic
     `TimeGridEncoding` with table C computes, so least-squares control points can be loaded into it.
@@ -52,10 +53,10 @@ def cubic_bspline_basis(time: np.ndarray, cells: int) -> np.ndarray:
     position = np.clip(np.asarray(time, dtype=np.float64), 0.0, 1.0) * cells
     cell = np.minimum(np.floor(position), cells - 1)
     weights = knot_weights(torch.as_tensor(position - cell), "cubic").numpy()
-    basis = np.zeros((position.shape[0], cells + 3))
-    rows = np.arange(position.shape[0])[:, None]
-    basis[rows, cell.astype(np.int64)[:, None] + np.arange(4)] = weights
-    return basis
+    columns = cell.astype(np.int64)[:, None] + np.arange(4)
+    rows = np.repeat(np.arange(position.shape[0]), 4)
+    shape = (position.shape[0], cells + 3)
+    return scipy.sparse.csr_matrix((weights.reshape(-1), (rows, columns.reshape(-1))), shape=shape)
 
 
 class TimeGridEncoding(nn.Module):
