@@ -27,7 +27,8 @@ class PartitionConfig:
     ray_altitude_range: Optional[Tuple[float, float]] = None
     """(lowest, highest) altitude of the band that holds the scene content, in metres of layout
     altitude: absolute values of ``-x`` in the layout's real-world DRB frame, the frame of
-    ``origin_drb`` (so 0 is the altitude of the DRB origin, not of ``origin_drb``). Only the part
+    ``origin_drb`` (0 m is where that frame has x = 0; the scene origin ``origin_drb`` itself is
+    at altitude ``-origin_drb[0]``). Only the part
     of a ray inside this band decides which cells the ray belongs to. None: from
     ``default_band_below`` below the lowest camera to ``default_band_above`` above the highest
     camera (see those fields)."""

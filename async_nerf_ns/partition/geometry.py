@@ -131,7 +131,7 @@ def resolve_geometry(
         centroid_z = altitude_to_world_z(config.centroid_altitude, origin_drb, pose_scale_factor)
     else:
         centroid_z = 0.5 * (lo + hi)
-    centroids = grid_centroids(positions.to(torch.float32), config.grid_dim, altitude=centroid_z)
+    centroids = grid_centroids(positions, config.grid_dim, altitude=centroid_z).to(torch.float32)
     return PartitionGeometry(
         grid_dim=(int(config.grid_dim[0]), int(config.grid_dim[1])),
         centroids=centroids,

@@ -19,12 +19,14 @@ belongs to every cell that any of its points belongs to.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import List, Tuple
 
 import torch
 from jaxtyping import Bool, Float
 from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
@@ -269,6 +271,7 @@ def compute_cluster_masks(
     if cameras.ndim != 1:
         raise ValueError(f"expected a 1-D batch of cameras, got shape {tuple(cameras.shape)}")
     masks: List[Tensor] = []
+    started = time.perf_counter()
     columns = (
         TextColumn(f"[bold blue]{description}"),
         BarColumn(),
@@ -294,4 +297,11 @@ def compute_cluster_masks(
             )
             masks.append(membership.reshape(height, width, -1).cpu())
             progress.advance(task)
+    if show_progress and masks:
+        seconds = time.perf_counter() - started
+        megapixels = sum(mask.shape[0] * mask.shape[1] for mask in masks) / 1e6
+        CONSOLE.print(
+            f"{description}: {len(masks)} images, {megapixels:.2f} MP in {seconds:.1f} s "
+            f"({seconds / megapixels:.2f} s per megapixel)"
+        )
     return masks
