@@ -463,6 +463,14 @@ def resolve_common(args: argparse.Namespace) -> argparse.Namespace:
     if args.scene is None:
         args.scene = QUICK_SCENE if args.quick else DEFAULT_SCENE
     args.scene = ensure_scene(args.scene, spec).resolve()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(
+            f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs before starting: timings are not reliable. "
+            "On a busy machine torch's multi-threaded kernels can run an order of magnitude slower "
+            "(--threads 1 is far less affected); measure on a quiet machine.",
+            flush=True,
+        )
     args.output = args.output.resolve()
     return args
 

@@ -109,7 +109,7 @@ def mask_timing(scene: Path, grids: List[Tuple[int, int]], samples_per_ray: int,
 COLUMNS = [
     ("grid", lambda r: r["label"]),
     ("cells (with pixels)", lambda r: f"{r['extras']['cells']} ({r['extras']['cells_with_pixels']})"),
-    ("steps per cell", lambda r: str(r["iterations"] // max(1, r["extras"]["cells_with_pixels"]))),
+    ("steps per cell", lambda r: bc.fmt(r["iterations"] / max(1, r["extras"]["cells_with_pixels"]))),
     ("rays/step", lambda r: str(r["rays_per_step"])),
     ("s/iter", lambda r: bc.fmt(r["s_per_iter"])),
     ("train rays/s", lambda r: bc.fmt(r["rays_per_s"], ".0f")),
