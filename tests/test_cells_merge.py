@@ -36,7 +36,7 @@ def test_merge_takes_each_cell_from_the_run_that_trained_it():
     "states, message",
     [
         ([_state([True, False], 1.0), _state([True, True], 2.0)], "cell 0 was trained by several runs"),
-        ([_state([True, False], 1.0), _state([True, False], 2.0)], r"cells \[1\] were trained by none"),
+        ([_state([True, False], 1.0), _state([False, False], 2.0)], r"cells \[1\] were trained by none"),
     ],
 )
 def test_merge_refuses_a_cell_trained_twice_or_never(states, message):

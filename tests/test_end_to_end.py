@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import run_command
 
-ITERATIONS = 300
+ITERATIONS = 400
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +63,31 @@ def test_eval_reports_image_metrics_well_above_a_constant_image(trained_config: 
     run_command(["ns-eval", "--load-config", str(trained_config), "--output-path", str(output)], cwd=tmp_path)
     results = json.loads(output.read_text())["results"]
     baseline = _mean_colour_psnr(example_scene)
-    # 300 steps on CPU learn the town's layout; measured ~18-19 dB against ~11 dB for the mean colour.
-    assert results["psnr"] > baseline + 4.0, (results["psnr"], baseline)
+    # 400 steps shared by 4 cells (100 each): measured 17.5-18 dB on val frames, against 15.6 dB for the
+    # best constant image (the town is mostly grey and green); a broken merge or routing gives < 15.
+    assert results["psnr"] > baseline + 1.0, (results["psnr"], baseline)
     assert 0.0 < results["ssim"] <= 1.0
     assert "lpips" not in results or 0.0 <= results["lpips"] <= 1.0
+    # Depth of val frames (at their GT poses) and pose errors of depth frames per source, in metres.
+    assert results["depth_eval_poses"] == "gt"
+    assert 0.0 < results["depth_rmse_m"] < 60.0 and 0.0 <= results["depth_delta_1_25"] <= 1.0
+    # The example's prior poses are ~2 m off (nearest RGB frame); the TPF's are within centimetres.
+    assert results["depth_pose_train_prior_translation_m_mean"] > 1.0
+    assert results["depth_pose_train_tpf_translation_m_mean"] < 0.1
+    assert "depth_pose_train_tpf+refine_translation_m_mean" in results
+    assert results["depth_pose_val_tpf_rotation_deg_mean"] < 0.5
+
+
+def test_training_psnr_rises(trained_config: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = next(trained_config.parent.glob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    psnr = [e.value for e in accumulator.Scalars("Train Metrics Dict/psnr")]
+    assert len(psnr) >= 20
+    # Training batches: 13.8 dB at step 0, 17.5 dB averaged over the last 50 of 400 steps (measured).
+    assert np.mean(psnr[-5:]) > psnr[0] + 2.5, psnr
 
 
 def test_render_writes_a_video(trained_config: Path, tmp_path: Path):

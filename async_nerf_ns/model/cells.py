@@ -13,6 +13,7 @@ from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.fields.nerfacto_field import NerfactoField
 from nerfstudio.models.nerfacto import NerfactoModelConfig
+import torch
 from torch import Tensor, nn
 
 
@@ -59,6 +60,8 @@ class Cell(nn.Module):
             for i in range(num_nets)
         )
         self._num_iterations = config.num_proposal_iterations
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        """Training batches this cell has rendered: its own clock for nerfacto's step schedules."""
 
     @property
     def density_fns(self) -> List[Callable]:

@@ -58,7 +58,10 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
 
 
 class AsyncNerfModel(NerfactoModel):
-    """Nerfacto over partition cells. Extra setup kwargs: ``centroids`` (K,3), ``num_depth_frames``."""
+    """Nerfacto over partition cells.
+
+    Extra setup kwargs: ``centroids`` (K,3), ``num_depth_frames``, ``num_trained_cells``.
+    """
 
     config: AsyncNerfModelConfig
 
@@ -79,25 +82,13 @@ class AsyncNerfModel(NerfactoModel):
             num_depth=int(self.kwargs.get("num_depth_frames", 0)),
         )
         self._render_cell: Optional[int] = None
-
-        def update_schedule(step):
-            return np.clip(
-                np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]),
-                1,
-                self.config.proposal_update_every,
-            )
-
-        initial_sampler = None
-        if self.config.proposal_initial_sampler == "uniform":
-            initial_sampler = UniformSampler(single_jitter=self.config.use_single_jitter)
-        self.proposal_sampler = ProposalNetworkSampler(
-            num_nerf_samples_per_ray=self.config.num_nerf_samples_per_ray,
-            num_proposal_samples_per_ray=self.config.num_proposal_samples_per_ray,
-            num_proposal_network_iterations=self.config.num_proposal_iterations,
-            single_jitter=self.config.use_single_jitter,
-            update_sched=update_schedule,
-            initial_sampler=initial_sampler,
-        )
+        self._schedule_step = 0
+        # Each cell runs nerfacto's step schedules (proposal update/anneal, depth warm-up) on its own
+        # clock, as if it were trained alone: one proposal sampler per cell (the sampler keeps its
+        # update counters), plus one for merged rendering.
+        self._trained_cells = max(1, int(self.kwargs.get("num_trained_cells", len(centroids))))
+        self.cell_samplers = [self._make_sampler() for _ in range(len(centroids))]
+        self.merged_sampler = self._make_sampler()
         self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
         self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
         self.renderer_accumulation = AccumulationRenderer()
@@ -115,7 +106,59 @@ class AsyncNerfModel(NerfactoModel):
         self.ssim = structural_similarity_index_measure
         self.lpips = build_lpips_if_available()
 
+    def _make_sampler(self) -> ProposalNetworkSampler:
+        def update_schedule(step):
+            return np.clip(
+                np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]),
+                1,
+                self.config.proposal_update_every,
+            )
+
+        initial_sampler = None
+        if self.config.proposal_initial_sampler == "uniform":
+            initial_sampler = UniformSampler(single_jitter=self.config.use_single_jitter)
+        return ProposalNetworkSampler(
+            num_nerf_samples_per_ray=self.config.num_nerf_samples_per_ray,
+            num_proposal_samples_per_ray=self.config.num_proposal_samples_per_ray,
+            num_proposal_network_iterations=self.config.num_proposal_iterations,
+            single_jitter=self.config.use_single_jitter,
+            update_sched=update_schedule,
+            initial_sampler=initial_sampler,
+        )
+
+    def _anneal(self, step: int) -> float:
+        """nerfacto's proposal-weight annealing (Mip-NeRF 360, eq. 18) at a schedule step."""
+        if not self.config.use_proposal_weight_anneal:
+            return 1.0
+        x = float(np.clip(step / self.config.proposal_weights_anneal_max_num_iters, 0, 1))
+        b = self.config.proposal_weights_anneal_slope
+        return b * x / ((b - 1) * x + 1)
+
+    def _schedule_step_of(self, cell: int) -> int:
+        """A cell's own step count in the units of the configured schedules.
+
+        The schedules (like the optimiser schedules, see engine/optimizers.py) are written for
+        the whole run; a cell takes 1/num_trained_cells of its steps, so its clock runs that much faster.
+        """
+        return int(self.cells[cell].steps) * self._trained_cells
+
+    def _tick(self, cell: int) -> None:
+        """One training batch rendered by ``cell``: advance its clock and its sampler's schedules."""
+        self.cells[cell].steps += 1
+        self._schedule_step = self._schedule_step_of(cell)
+        sampler = self.cell_samplers[cell]
+        sampler.set_anneal(self._anneal(self._schedule_step))
+        sampler.step_cb(self._schedule_step)
+
     # --- which field renders -------------------------------------------------------------------
+    @property
+    def proposal_sampler(self) -> ProposalNetworkSampler:  # read by NerfactoModel.get_outputs
+        if self._render_cell is not None:
+            return self.cell_samplers[self._render_cell]
+        trained = [self._schedule_step_of(k) for k in range(self.num_cells) if int(self.cells[k].steps) > 0]
+        self.merged_sampler.set_anneal(self._anneal(min(trained)) if trained else 1.0)
+        return self.merged_sampler
+
     @property
     def num_cells(self) -> int:
         return len(self.cells)
@@ -142,6 +185,8 @@ class AsyncNerfModel(NerfactoModel):
 
     def get_outputs(self, ray_bundle: RayBundle):
         self._render_cell = self._cell_of(ray_bundle)
+        if self._render_cell is not None:
+            self._tick(self._render_cell)
         try:
             return super().get_outputs(ray_bundle)
         finally:
@@ -157,12 +202,13 @@ class AsyncNerfModel(NerfactoModel):
         return groups
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        # Not NerfactoModel's callbacks: they drive one shared sampler on the global step; ours are
+        # driven per cell in get_outputs (_tick).
         def set_stage(step: int) -> None:
             self.step = step
             self.camera_optimizer.depth_active = step >= self.config.depth_pose_refine_start
 
-        stage = TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage, update_every_num_iters=1)
-        return super().get_training_callbacks(training_callback_attributes) + [stage]
+        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage, update_every_num_iters=1)]
 
     # --- losses and metrics ----------------------------------------------------------------------
     @staticmethod
@@ -176,7 +222,7 @@ class AsyncNerfModel(NerfactoModel):
 
     def depth_loss_weight(self) -> float:
         warmup = max(1, self.config.depth_loss_warmup_steps)
-        return self.config.depth_loss_mult * min(1.0, self.step / warmup)
+        return self.config.depth_loss_mult * min(1.0, self._schedule_step / warmup)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None):
         loss_dict = super().get_loss_dict(self._rgb_part(outputs, batch), batch, metrics_dict)
