@@ -201,11 +201,6 @@ class AsyncNerfDataManager(VanillaDataManager):
         bundle.metadata[CELL_KEY] = torch.full((len(bundle), 1), cell, dtype=torch.long, device=self.device)
         return bundle, batch
 
-    def next_eval(self, step: int) -> Tuple[RayBundle, Dict]:
-        if self.eval_pixel_sampler is None:
-            raise RuntimeError("evaluation batches need setup_eval")
-        return super().next_eval(step)
-
 
 def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:
     """Rays of ``first`` followed by those of ``second`` (flat bundles, same metadata keys)."""
