@@ -103,7 +103,6 @@ class AsyncNerfPipeline(VanillaPipeline):
             grad_scaler=grad_scaler,
             centroids=self.geometry.centroids,
             num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
-            num_trained_cells=len(self.trained_cell_list),
         )
         self.model.to(device)
 

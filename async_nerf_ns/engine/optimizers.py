@@ -35,9 +35,11 @@ def expand_cell_optimizers(
 ) -> Dict[str, Any]:
     """Optimizer configs for every group: explicit entries win, cell groups copy their kind's template.
 
-    A cell steps only when it is the one being trained, i.e. on 1/num_trained_cells of the steps,
-    so its scheduler's step counts (``max_steps``, ``warmup_steps``) are divided by that number:
-    at the end of a run every cell is as far along its schedule as a single field would be.
+    A cell's scheduler advances only on the steps that cell takes (CellOptimizers), so every cell
+    follows the template's schedule on its own clock, as if it were trained alone.
+    ``num_trained_cells`` > 1 divides the schedules' step counts (``max_steps``, ``warmup_steps``)
+    so that they end with the run instead; measured to learn slower on short runs, so the
+    trainer passes 1 (see engine/trainer.py).
     """
     expanded: Dict[str, Any] = {}
     for name in group_names:

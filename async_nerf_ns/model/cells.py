@@ -9,12 +9,36 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
+from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.fields.nerfacto_field import NerfactoField
 from nerfstudio.models.nerfacto import NerfactoModelConfig
 import torch
 from torch import Tensor, nn
+
+
+class SeenImagesEmbedding(Embedding):
+    """An appearance embedding whose mean (what nerfacto renders with at eval time) covers only the
+    images this cell was trained on.
+
+    A cell trains on the images that see it; the rows of the others keep their random
+    initialisation, and averaging them in would shift every colour the merged field renders.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__(in_dim, out_dim)
+        self.register_buffer("seen", torch.zeros(in_dim, dtype=torch.bool))
+
+    def forward(self, in_tensor: Tensor) -> Tensor:
+        if self.training:
+            self.seen[in_tensor.reshape(-1)] = True
+        return super().forward(in_tensor)
+
+    def mean(self, dim: int = 0) -> Tensor:
+        if dim != 0 or not bool(self.seen.any()):
+            return super().mean(dim)
+        return self.embedding.weight[self.seen].mean(dim)
 
 
 class Cell(nn.Module):
@@ -47,6 +71,8 @@ class Cell(nn.Module):
             average_init_density=config.average_init_density,
             implementation=config.implementation,
         )
+        if self.field.embedding_appearance is not None:
+            self.field.embedding_appearance = SeenImagesEmbedding(num_images, appearance_dim)
         num_nets = 1 if config.use_same_proposal_network else config.num_proposal_iterations
         args = config.proposal_net_args_list
         self.proposal_networks = nn.ModuleList(

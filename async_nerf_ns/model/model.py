@@ -60,7 +60,7 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
 class AsyncNerfModel(NerfactoModel):
     """Nerfacto over partition cells.
 
-    Extra setup kwargs: ``centroids`` (K,3), ``num_depth_frames``, ``num_trained_cells``.
+    Extra setup kwargs: ``centroids`` (K,3), ``num_depth_frames``.
     """
 
     config: AsyncNerfModelConfig
@@ -86,7 +86,6 @@ class AsyncNerfModel(NerfactoModel):
         # Each cell runs nerfacto's step schedules (proposal update/anneal, depth warm-up) on its own
         # clock, as if it were trained alone: one proposal sampler per cell (the sampler keeps its
         # update counters), plus one for merged rendering.
-        self._trained_cells = max(1, int(self.kwargs.get("num_trained_cells", len(centroids))))
         self.cell_samplers = [self._make_sampler() for _ in range(len(centroids))]
         self.merged_sampler = self._make_sampler()
         self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
@@ -135,12 +134,12 @@ class AsyncNerfModel(NerfactoModel):
         return b * x / ((b - 1) * x + 1)
 
     def _schedule_step_of(self, cell: int) -> int:
-        """A cell's own step count in the units of the configured schedules.
+        """A cell's own step count: nerfacto's schedules run on it as if the cell were trained alone.
 
-        The schedules (like the optimiser schedules, see engine/optimizers.py) are written for
-        the whole run; a cell takes 1/num_trained_cells of its steps, so its clock runs that much faster.
+        (Compressing them by the number of cells, so that they end with the run, was measured to
+        hurt: annealed proposal sampling before the cell's proposal networks have learned.)
         """
-        return int(self.cells[cell].steps) * self._trained_cells
+        return int(self.cells[cell].steps)
 
     def _tick(self, cell: int) -> None:
         """One training batch rendered by ``cell``: advance its clock and its sampler's schedules."""
