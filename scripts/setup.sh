@@ -27,4 +27,4 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   ln -sf "$(python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" "$VENV/bin/ffmpeg"
 fi
 ffmpeg -version | head -n 1
-python -c "import async_nerf_ns, nerfstudio; print('[setup] async_nerf_ns ready, nerfstudio', nerfstudio.__version__)"
+python -c "import async_nerf_ns; from importlib.metadata import version; print('[setup] async_nerf_ns ready, nerfstudio', version('nerfstudio'))"
