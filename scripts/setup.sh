@@ -26,5 +26,5 @@ pip install --quiet -e ".[test]"
 if ! command -v ffmpeg >/dev/null 2>&1; then
   ln -sf "$(python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" "$VENV/bin/ffmpeg"
 fi
-ffmpeg -version | head -n 1
+ffmpeg -version >/dev/null && echo "[setup] ffmpeg: $(command -v ffmpeg)"
 python -c "import async_nerf_ns; from importlib.metadata import version; print('[setup] async_nerf_ns ready, nerfstudio', version('nerfstudio'))"
