@@ -110,10 +110,6 @@ class AsyncNerfPipeline(VanillaPipeline):
     def model(self) -> AsyncNerfModel:
         return typing.cast(AsyncNerfModel, self._model)
 
-    @property
-    def num_trained_cells(self) -> int:
-        return len(self.trained_cell_list)
-
     @staticmethod
     def _validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[int]:
         if cells is None:
