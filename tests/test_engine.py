@@ -63,25 +63,24 @@ def test_stock_nerfstudio_numpy_scalars_load_after_importing_the_package(tmp_pat
     assert torch.load(path, weights_only=True)["lr"] == pytest.approx(0.01)
 
 
-def test_cell_groups_copy_their_kinds_template_with_schedules_divided_by_the_cells():
+def test_cell_groups_copy_their_kinds_template_and_explicit_entries_win():
     templates = _templates()
     names = ["cell0.fields", "cell1.fields", "cell0.proposal_networks", "cell1.proposal_networks", "camera_opt"]
-    expanded = expand_cell_optimizers(templates, names, num_trained_cells=4)
+    expanded = expand_cell_optimizers(templates, names)
     assert set(expanded) == set(names)
-    assert expanded["cell1.fields"]["scheduler"].max_steps == 250  # 1000 steps shared by 4 cells
-    assert expanded["cell1.fields"]["scheduler"].warmup_steps == 25
-    assert expanded["camera_opt"]["scheduler"].max_steps == 1000  # global groups keep their schedule
-    assert templates["fields"]["scheduler"].max_steps == 1000  # templates untouched
+    # Each cell runs the template's schedule on its own steps (CellOptimizers skips the others).
+    assert expanded["cell1.fields"]["scheduler"].max_steps == 1000
+    assert expanded["cell0.fields"] is not expanded["cell1.fields"]  # copies, not one shared config
     explicit = copy.deepcopy(templates)
     explicit["cell1.fields"] = {"optimizer": AdamOptimizerConfig(lr=5e-3), "scheduler": None}
-    assert expand_cell_optimizers(explicit, names, 4)["cell1.fields"]["optimizer"].lr == 5e-3
+    assert expand_cell_optimizers(explicit, names)["cell1.fields"]["optimizer"].lr == 5e-3
     with pytest.raises(RuntimeError, match="cell0.appearance"):
-        expand_cell_optimizers(templates, ["cell0.appearance"], 1)
+        expand_cell_optimizers(templates, ["cell0.appearance"])
 
 
 def test_a_cell_without_gradient_neither_steps_nor_advances_its_schedule():
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-    optimizers = CellOptimizers.from_templates(_templates(), {"cell0.fields": [a], "cell1.fields": [b]}, 2)
+    optimizers = CellOptimizers.from_templates(_templates(), {"cell0.fields": [a], "cell1.fields": [b]})
     for _ in range(5):
         optimizers.zero_grad_all()
         (a * 2).sum().backward()

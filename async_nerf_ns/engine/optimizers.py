@@ -30,16 +30,13 @@ def group_kind(group_name: str) -> str:
     return group_name
 
 
-def expand_cell_optimizers(
-    templates: Dict[str, Any], group_names: List[str], num_trained_cells: int
-) -> Dict[str, Any]:
+def expand_cell_optimizers(templates: Dict[str, Any], group_names: List[str]) -> Dict[str, Any]:
     """Optimizer configs for every group: explicit entries win, cell groups copy their kind's template.
 
     A cell's scheduler advances only on the steps that cell takes (CellOptimizers), so every cell
-    follows the template's schedule on its own clock, as if it were trained alone.
-    ``num_trained_cells`` > 1 divides the schedules' step counts (``max_steps``, ``warmup_steps``)
-    so that they end with the run instead; measured to learn slower on short runs, so the
-    trainer passes 1 (see engine/trainer.py).
+    follows the template's schedule on its own clock, as if it were trained alone. (Dividing the
+    schedules by the number of cells, so that they end with the run, was measured to learn slower:
+    2x2 at 300 steps 17.1 dB vs 20.2 dB.)
     """
     expanded: Dict[str, Any] = {}
     for name in group_names:
@@ -52,12 +49,7 @@ def expand_cell_optimizers(
                 f"No optimizer config for parameter group '{name}' (kind '{kind}'); "
                 f"configured kinds: {sorted(templates)}"
             )
-        entry = copy.deepcopy(templates[kind])
-        scheduler = entry.get("scheduler")
-        for attribute in ("max_steps", "warmup_steps"):
-            if scheduler is not None and getattr(scheduler, attribute, 0):
-                setattr(scheduler, attribute, max(1, getattr(scheduler, attribute) // num_trained_cells))
-        expanded[name] = entry
+        expanded[name] = copy.deepcopy(templates[kind])
     return expanded
 
 
@@ -76,6 +68,6 @@ class CellOptimizers(Optimizers):
 
     @classmethod
     def from_templates(
-        cls, templates: Dict[str, Any], param_groups: Dict[str, List[Parameter]], num_trained_cells: int
+        cls, templates: Dict[str, Any], param_groups: Dict[str, List[Parameter]]
     ) -> "CellOptimizers":
-        return cls(expand_cell_optimizers(templates, list(param_groups), num_trained_cells), param_groups)
+        return cls(expand_cell_optimizers(templates, list(param_groups)), param_groups)

@@ -25,9 +25,7 @@ class AsyncNerfTrainer(Trainer):
 
     def setup_optimizers(self) -> CellOptimizers:
         param_groups = self.pipeline.get_param_groups()
-        # Each cell's schedule runs on its own steps, uncompressed (1): compressing it by the number
-        # of cells made 2x2 runs of a few hundred steps lose ~1.5 dB against this (measured).
-        return CellOptimizers.from_templates(self.config.optimizers.copy(), param_groups, 1)
+        return CellOptimizers.from_templates(self.config.optimizers.copy(), param_groups)
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
