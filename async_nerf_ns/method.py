@@ -28,7 +28,7 @@ def _machine() -> MachineConfig:
     return MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _optimizers(field_steps: int, camera_steps: int) -> dict:
+def optimizer_templates(field_steps: int, camera_steps: int) -> dict:
     """Templates per parameter kind; every cell gets a copy (see engine/optimizers.py)."""
 
     def adam(lr: float, lr_final: float, steps: int) -> dict:
@@ -42,6 +42,9 @@ def _optimizers(field_steps: int, camera_steps: int) -> dict:
         "fields": adam(1e-2, 1e-4, field_steps),
         "camera_opt": adam(1e-3, 1e-4, camera_steps),
         "depth_pose_opt": adam(1e-3, 1e-4, camera_steps),
+        # Only used with --pipeline.finetune-tpf. The TPF's control points are in normalised position
+        # units (the trajectory's half-extent is 1), hence a smaller step than the per-frame corrections'.
+        "tpf": adam(1e-4, 1e-5, camera_steps),
     }
 
 
@@ -69,7 +72,7 @@ def async_nerf_config() -> AsyncNerfTrainerConfig:
             ),
             partition=PartitionConfig(grid_dim=(2, 2)),
         ),
-        optimizers=_optimizers(field_steps=200000, camera_steps=5000),
+        optimizers=optimizer_templates(field_steps=200000, camera_steps=5000),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     )
@@ -114,7 +117,7 @@ def async_nerf_small_config() -> AsyncNerfTrainerConfig:
         depth_loss_warmup_steps=iterations // 10,
         proposal_warmup=iterations // 4,
     )
-    config.optimizers = _optimizers(field_steps=iterations, camera_steps=iterations)
+    config.optimizers = optimizer_templates(field_steps=iterations, camera_steps=iterations)
     return config
 
 

@@ -4,13 +4,14 @@ Stage 1 (at set-up, before the radiance field): the time-pose function (TPF) is 
 training RGB frames' (timestamp, pose) pairs and gives every depth frame a pose.
 Stage 2: the cells of the partition are trained on RGB rays plus depth rays at those poses.
 Stage 3 (from ``model.depth_pose_refine_start``): per-depth-frame pose corrections are optimised
-jointly with the field through the depth loss.
+jointly with the field through the depth loss, and with ``finetune_tpf`` the TPF itself too.
 ``depth_poses`` picks where depth poses come from: ``tpf`` (Async-NeRF), ``prior`` (the metadata
 pose, the naive pipeline) or ``gt`` (an upper bound, needs pose_gt files).
 """
 
 from __future__ import annotations
 
+import copy
 import typing
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
@@ -27,10 +28,13 @@ from async_nerf_ns.evaluation import evaluate_depth_frames, flat_pose_errors
 from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
+from async_nerf_ns.trajectory.finetune import TPFRayCorrections
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
 DepthPoseSource = Literal["tpf", "prior", "gt"]
+TPF_GROUP = "tpf"
+"""Optimizer group of the TPF's parameters when it is fine-tuned in stage 3."""
 
 
 @dataclass
@@ -48,6 +52,9 @@ class AsyncNerfPipelineConfig(VanillaPipelineConfig):
     """Where depth frames get their poses: tpf (time-pose function), prior (metadata c2w), gt."""
     tpf: TimePoseFunctionConfig = field(default_factory=TimePoseFunctionConfig)
     """The time-pose function fitted in stage 1."""
+    finetune_tpf: bool = False
+    """Stage 3 also fine-tunes the TPF through the depth loss (optimizer group 'tpf'), besides the
+    per-frame corrections; needs depth_poses=tpf. The stage-1 TPF is kept (as stage1_tpf) for ns-eval."""
 
 
 class AsyncNerfPipeline(VanillaPipeline):
@@ -83,13 +90,18 @@ class AsyncNerfPipeline(VanillaPipeline):
             scene.pose_scale_factor,
             scene.drb_to_world,
         )
+        if config.finetune_tpf and config.depth_poses != "tpf":
+            raise ValueError(f"--pipeline.finetune-tpf needs --pipeline.depth-poses tpf (got {config.depth_poses})")
         self.trained_cell_list = self._validated_cells(config.cells, self.geometry.num_cells)
         self.register_buffer("trained_cells", self._cell_mask(self.trained_cell_list, self.geometry.num_cells))
         self.datamanager.use_partition(self.geometry, config.partition, self.trained_cell_list)
 
         self.depth_track = concat_tracks(scene) if scene.depth_tracks else None
         self.tpf: Optional[FittedTPF] = None
-        """Fitted in stage 1 when training, or rebuilt from a checkpoint by load_pipeline."""
+        """Fitted in stage 1 when training, or rebuilt from a checkpoint by load_pipeline; fine-tuned in
+        stage 3 with finetune_tpf."""
+        self.stage1_tpf: Optional[FittedTPF] = None
+        """With finetune_tpf: a frozen copy of the TPF as stage 1 fitted it (the depth rays' poses)."""
         if test_mode == "val" and self.depth_track is not None:  # training: run stage 1
             if config.depth_poses == "tpf":
                 self._fit_tpf()
@@ -105,6 +117,10 @@ class AsyncNerfPipeline(VanillaPipeline):
             num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
         )
         self.model.to(device)
+        if self.tpf is not None and config.finetune_tpf:
+            stage1 = copy.deepcopy(self.tpf)
+            stage1.requires_grad_(False)
+            self._attach_tpf_finetuning(stage1)
 
     @property
     def model(self) -> AsyncNerfModel:
@@ -134,12 +150,23 @@ class AsyncNerfPipeline(VanillaPipeline):
         cameras = self.datamanager.train_dataset.cameras
         self.tpf = fit_tpf(scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), self.config.tpf)
 
+    def _attach_tpf_finetuning(self, stage1: FittedTPF) -> None:
+        """Lets stage 3 move the depth rays from the stage-1 TPF's poses to the (trained) TPF's."""
+        assert self.tpf is not None and self.depth_track is not None
+        self.stage1_tpf = stage1
+        timestamps = self.depth_track.timestamps.numpy()
+        with torch.no_grad():
+            stage1_c2w = stage1.poses(timestamps)
+        self.model.camera_optimizer.trajectory = TPFRayCorrections(self.tpf, timestamps, stage1_c2w)
+
     def depth_poses(self, track, source: DepthPoseSource) -> torch.Tensor:
-        """World-frame poses (N,3,4) of a track's frames from ``source`` (before joint refinement)."""
+        """World-frame poses (N,3,4) of a track's frames from ``source`` as given in stage 1 (for tpf:
+        the TPF as fitted, before any fine-tuning; the pose optimiser's corrected_depth_poses for after)."""
         if source == "tpf":
-            assert self.tpf is not None
+            tpf = self.stage1_tpf if self.stage1_tpf is not None else self.tpf
+            assert tpf is not None
             with torch.no_grad():
-                return self.tpf.poses(track.timestamps.numpy()).cpu()
+                return tpf.poses(track.timestamps.numpy()).cpu()
         poses = track.prior_c2w if source == "prior" else track.gt_c2w
         missing = (~torch.isfinite(poses).reshape(len(track), -1).all(dim=1)).nonzero()
         if len(missing):
@@ -189,17 +216,33 @@ class AsyncNerfPipeline(VanillaPipeline):
                 base = poses[self.config.depth_poses].to(self.device)
                 refined = self.model.camera_optimizer.corrected_depth_poses(base).cpu()
                 poses[f"{self.config.depth_poses}+refine"] = refined
+            elif split == "val" and self.stage1_tpf is not None and self.tpf is not None:
+                # Frames never trained on: only a fine-tuned TPF can have moved them.
+                poses["tpf+refine"] = self.tpf.poses(track.timestamps.numpy()).cpu()
             metrics.update(flat_pose_errors(f"depth_pose_{split}", poses, track.gt_c2w, scale))
         self.model.train(was_training)
         return metrics
 
     # --- checkpoints -------------------------------------------------------------------------------
     def load_pipeline(self, loaded_state: Dict[str, torch.Tensor], step: int) -> None:
-        """Rebuilds the time-pose function to the checkpoint's shapes (chosen when it was fitted), then loads."""
-        prefix = "tpf."
-        tpf_state = {k[len(prefix) :]: v for k, v in loaded_state.items() if k.startswith(prefix)}
-        self.tpf = FittedTPF.from_state_dict(self.config.tpf, tpf_state) if tpf_state else None
+        """Rebuilds the time-pose function(s) to the checkpoint's shapes (chosen when fitted), then loads."""
+        self.tpf = self._saved_tpf(self.tpf, loaded_state, "tpf.")
+        stage1 = self._saved_tpf(self.stage1_tpf, loaded_state, "stage1_tpf.")
+        if stage1 is not None:
+            stage1.requires_grad_(False)
+            self._attach_tpf_finetuning(stage1)
         super().load_pipeline(loaded_state, step)
+
+    def _saved_tpf(self, current: Optional[FittedTPF], loaded_state: Dict[str, torch.Tensor], prefix: str) -> Optional[FittedTPF]:
+        """The TPF saved under `prefix`: loaded into `current` when the shapes match (a resumed training
+        run, whose optimiser already holds its parameters), else rebuilt; None when none was saved."""
+        state = {k[len(prefix) :]: v for k, v in loaded_state.items() if k.startswith(prefix)}
+        if not state:
+            return None
+        if current is not None and torch.equal(current.shape_info.cpu(), state["shape_info"].cpu()):
+            current.load_state_dict(state, strict=True)
+            return current
+        return FittedTPF.from_state_dict(self.config.tpf, state)
 
     def load_state_dict(self, state_dict, strict: Optional[bool] = True):  # type: ignore[override]
         """Always strict: a checkpoint that does not match (a missing cell, renamed keys) is an error,
@@ -208,5 +251,7 @@ class AsyncNerfPipeline(VanillaPipeline):
 
     def get_param_groups(self) -> Dict[str, List[torch.nn.Parameter]]:
         groups = super().get_param_groups()
+        if self.config.finetune_tpf and self.tpf is not None:
+            groups[TPF_GROUP] = list(self.tpf.parameters())
         untrained = [k for k in range(self.geometry.num_cells) if k not in self.trained_cell_list]
         return {name: params for name, params in groups.items() if not any(name.startswith(f"cell{k}.") for k in untrained)}

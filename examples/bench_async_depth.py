@@ -15,11 +15,15 @@ poses, so every row is judged against the same geometry):
 3. depth at TPF poses: ``depth_poses="tpf"`` (stage 1, the time-pose function), refinement off.
 4. TPF + joint refinement: the preset as shipped (refinement from the middle of the run).
 5. depth at ground-truth poses (an upper bound), refinement off.
+6. TPF + joint refinement + TPF fine-tuning (``finetune_tpf=True``): stage 3 also trains the
+   time-pose function through the depth loss.
 
 Columns: val PSNR/SSIM (RGB), depth RMSE (m), AbsRel and delta<1.25 on val depth frames, and the
 pose error (mean translation in m / rotation in deg, against pose_gt) of the train depth frames at
 the poses the row actually trained with: prior, TPF, TPF after refinement, or 0 for GT. They are
 the pipeline's evaluation keys ``depth_pose_train_<source>_{translation_m,rotation_deg}_mean``.
+The val depth frames are never trained on; their pose column shows where the row's pose source puts
+them (per-frame corrections cannot move them; a fine-tuned TPF can).
 Iteration-dependent settings follow --iterations as the preset derives them (bench_common.small_preset).
 
 Part 2 (no training): pose errors of the depth frames (train and val, against pose_gt) for the
@@ -51,6 +55,7 @@ ROWS = {
     "3": ("depth @ TPF poses, no refinement", "tpf"),
     "4": ("depth @ TPF + joint refinement (preset)", "tpf+refine"),
     "5": ("depth @ GT poses, no refinement", "gt"),
+    "6": ("depth @ TPF + joint refinement + TPF fine-tuning", "tpf+refine"),
 }
 """Row id -> (label, pose source whose train-frame errors are reported)."""
 
@@ -62,25 +67,30 @@ def run_row(row: str, scene: str, iterations: int, output: str, threads: Optiona
     bc.set_threads(threads)
     config = bc.small_preset(iterations)
     pipeline = config.pipeline
-    if row != "4":
+    if row not in ("4", "6"):
         pipeline.model.depth_pose_optimizer = CameraOptimizerConfig(mode="off")
+    pipeline.finetune_tpf = row == "6"
     if row == "1":
         pipeline.datamanager.train_num_depth_rays_per_batch = 0
         pipeline.depth_poses = "prior"  # no depth is trained: skip the TPF fit
     else:
-        pipeline.depth_poses = {"2": "prior", "3": "tpf", "4": "tpf", "5": "gt"}[row]
-    name = f"depth-{row}-" + {"1": "rgb-only", "2": "prior", "3": "tpf", "4": "tpf-refine", "5": "gt"}[row]
+        pipeline.depth_poses = {"2": "prior", "3": "tpf", "4": "tpf", "5": "gt", "6": "tpf"}[row]
+    names = {"1": "rgb-only", "2": "prior", "3": "tpf", "4": "tpf-refine", "5": "gt", "6": "tpf-refine-finetune"}
+    name = f"depth-{row}-{names[row]}"
     return bc.train_in_process(config, Path(scene), iterations, Path(output), name=name)  # type: ignore[return-value]
 
 
-def pose_cell(row: Dict[str, Any], quantity: str) -> str:
+def pose_cell(row: Dict[str, Any], quantity: str, split: str = "train") -> str:
     source = row.get("source")
     if source is None:
         return "n/a (no depth)"
     if source == "gt":
         return "0"
-    value = row["metrics"].get(f"depth_pose_train_{source}_{quantity}_mean")
-    return bc.fmt(value, ".3f" if quantity == "translation_m" else ".2f")
+    metrics = row["metrics"]
+    key = f"depth_pose_{split}_{source}_{quantity}_mean"
+    if key not in metrics:  # val frames without a fine-tuned TPF: at their stage-1 poses
+        key = f"depth_pose_{split}_{source.split('+')[0]}_{quantity}_mean"
+    return bc.fmt(metrics.get(key), ".3f" if quantity == "translation_m" else ".2f")
 
 
 COLUMNS = [
@@ -90,8 +100,10 @@ COLUMNS = [
     ("depth RMSE (m)", lambda r: bc.fmt(r["depth_rmse_m"], ".2f")),
     ("AbsRel", lambda r: bc.fmt(r["metrics"].get("depth_abs_rel"), ".3f")),
     ("δ<1.25", lambda r: bc.fmt(r["metrics"].get("depth_delta_1_25"), ".3f")),
-    ("train depth pose err. (m)", lambda r: pose_cell(r, "translation_m")),
-    ("(deg)", lambda r: pose_cell(r, "rotation_deg")),
+    ("train depth-pose err. (m)", lambda r: pose_cell(r, "translation_m")),
+    ("train (deg)", lambda r: pose_cell(r, "rotation_deg")),
+    ("val depth-pose err. (m)", lambda r: pose_cell(r, "translation_m", "val")),
+    ("val (deg)", lambda r: pose_cell(r, "rotation_deg", "val")),
     ("s/iter", lambda r: bc.fmt(r["s_per_iter"])),
 ]
 

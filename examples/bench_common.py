@@ -84,14 +84,14 @@ def small_preset(iterations: int):
     warm-up over the first 25 %); the same fractions are applied here, so that a shorter or longer
     benchmark run is the same method, not a truncated 2000-step schedule.
     """
-    from async_nerf_ns.method import _optimizers, async_nerf_small_config
+    from async_nerf_ns.method import async_nerf_small_config, optimizer_templates
 
     config = async_nerf_small_config()
     model = config.pipeline.model
     model.depth_pose_refine_start = max(1, iterations // 2)
     model.depth_loss_warmup_steps = max(1, iterations // 10)
     model.proposal_warmup = max(1, iterations // 4)
-    config.optimizers = _optimizers(field_steps=iterations, camera_steps=iterations)
+    config.optimizers = optimizer_templates(field_steps=iterations, camera_steps=iterations)
     return config
 
 

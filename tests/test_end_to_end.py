@@ -37,6 +37,7 @@ def trained_config(example_scene: Path, tmp_path_factory) -> Path:
             "--max-num-iterations", str(ITERATIONS),
             "--steps-per-save", "100",
             "--logging.local-writer.enable", "False",
+            "--pipeline.finetune-tpf", "True",
         ],
         cwd=out,
     )
@@ -76,18 +77,32 @@ def test_eval_reports_image_metrics_well_above_a_constant_image(trained_config: 
     assert results["depth_pose_train_tpf_translation_m_mean"] < 0.1
     assert "depth_pose_train_tpf+refine_translation_m_mean" in results
     assert results["depth_pose_val_tpf_rotation_deg_mean"] < 0.5
+    # The TPF was fine-tuned in stage 3 (from step 200), so val depth frames have refined poses too.
+    assert "depth_pose_val_tpf+refine_translation_m_mean" in results
 
 
-def test_training_psnr_rises(trained_config: Path):
+def _scalars(trained_config: Path, tag: str) -> list:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = next(trained_config.parent.glob("events.out.tfevents.*"))
     accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
     accumulator.Reload()
-    psnr = [e.value for e in accumulator.Scalars("Train Metrics Dict/psnr")]
+    return accumulator.Scalars(tag)
+
+
+def test_training_psnr_rises(trained_config: Path):
+    psnr = [e.value for e in _scalars(trained_config, "Train Metrics Dict/psnr")]
     assert len(psnr) >= 20
     # Training batches: 13.8 dB at step 0, 17.5 dB averaged over the last 50 of 400 steps (measured).
     assert np.mean(psnr[-5:]) > psnr[0] + 2.5, psnr
+
+
+def test_stage_3_steps_the_depth_poses_and_the_tpf_from_its_start(trained_config: Path):
+    # A group's learning rate is logged on the steps it had gradients (engine/optimizers.py).
+    for group in ("depth_pose_opt", "tpf"):
+        steps = [e.step for e in _scalars(trained_config, f"learning_rate/{group}")]
+        assert steps and min(steps) >= ITERATIONS // 2, (group, steps[:3])
+    assert min(e.step for e in _scalars(trained_config, "learning_rate/cell0.fields")) < ITERATIONS // 2
 
 
 def test_render_writes_a_video(trained_config: Path, tmp_path: Path):
