@@ -115,13 +115,13 @@ def tpf_pose_table(scene: Path, seed: int = 1) -> List[Dict[str, Any]]:
     import torch
 
     from async_nerf_ns.data.layout import read_layout
-    from async_nerf_ns.scripts.tpf import METHODS, _errors, _layout_problem
+    from async_nerf_ns.scripts.tpf import METHODS, layout_problem, method_errors
     from async_nerf_ns.trajectory import synthetic
     from async_nerf_ns.trajectory.baselines import CubicSplineInterp, LinearSlerp
     from async_nerf_ns.trajectory.fit import fit_tpf
     from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
 
-    problem = _layout_problem(read_layout(scene))
+    problem = layout_problem(read_layout(scene))
     psf = problem.metres_per_unit
     depth_sets = [s for s in problem.sets if s.write_dir is not None]  # train/<track>, val/<track>
     rows = []
@@ -139,7 +139,7 @@ def tpf_pose_table(scene: Path, seed: int = 1) -> List[Dict[str, Any]]:
         for pose_set in depth_sets:
             with torch.no_grad():
                 predicted = fitted.poses(pose_set.timestamps).double().numpy()
-            errors = _errors(pose_set, predicted, baselines, psf)
+            errors = method_errors(pose_set, predicted, baselines, psf)
             for method in METHODS:
                 if method not in errors or (method == "prior" and case == "noisy"):
                     continue

@@ -45,6 +45,24 @@ def rays(c2w: torch.Tensor):
     return bundle.origins, bundle.directions
 
 
+def refine(rig: RigPoseOptimizer, parameters, lr: float, origins, directions, frame_of_ray, measured, steps: int = 300):
+    """Stage 3 in miniature: depth rays through the rig's corrections, l1 depth loss, Adam on `parameters`."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    for _ in range(steps):
+        bundle = RayBundle(
+            origins=origins.clone(),
+            directions=directions.clone(),
+            pixel_area=torch.ones(len(origins), 1),
+            camera_indices=torch.zeros(len(origins), 1, dtype=torch.long),
+            metadata={DEPTH_FRAME_KEY: frame_of_ray},
+        )
+        rig.apply_to_raybundle(bundle)
+        loss = depth_loss(corner_depth(bundle.origins, bundle.directions), measured, "l1")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_depth_pose_refinement_removes_most_of_a_3_degree_10_cm_error():
     torch.manual_seed(0)
     gt = look_at([0.2, 0.1, 1.5], [2.0, 2.0, 0.3])
@@ -59,21 +77,9 @@ def test_depth_pose_refinement_removes_most_of_a_3_degree_10_cm_error():
 
     rig = RigPoseOptimizer(CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="SO3xR3"), num_rgb=1, num_depth=1)
     rig.depth_active = True
-    optimizer = torch.optim.Adam(rig.depth.parameters(), lr=3e-3)
     p_origins, p_directions = rays(perturbed)
-    for _ in range(300):
-        bundle = RayBundle(
-            origins=p_origins.clone(),
-            directions=p_directions.clone(),
-            pixel_area=torch.ones(len(p_origins), 1),
-            camera_indices=torch.zeros(len(p_origins), 1, dtype=torch.long),
-            metadata={DEPTH_FRAME_KEY: torch.zeros(len(p_origins), 1, dtype=torch.long)},
-        )
-        rig.apply_to_raybundle(bundle)
-        loss = depth_loss(corner_depth(bundle.origins, bundle.directions), measured, "l1")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    frame_of_ray = torch.zeros(len(p_origins), 1, dtype=torch.long)
+    refine(rig, rig.depth.parameters(), 3e-3, p_origins, p_directions, frame_of_ray, measured)
 
     with torch.no_grad():
         refined = rig.corrected_depth_poses(perturbed[None])
@@ -123,20 +129,7 @@ def test_tpf_finetuning_through_the_depth_loss_moves_held_out_depth_frames_too()
     rig = RigPoseOptimizer(CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="off"), num_rgb=1, num_depth=20)
     rig.depth_active = True
     rig.trajectory = TPFRayCorrections(tpf, depth_times.double().numpy(), stage1)
-    optimizer = torch.optim.Adam(tpf.parameters(), lr=1e-3)
-    for _ in range(300):
-        bundle = RayBundle(
-            origins=origins.clone(),
-            directions=directions.clone(),
-            pixel_area=torch.ones(len(origins), 1),
-            camera_indices=torch.zeros(len(origins), 1, dtype=torch.long),
-            metadata={DEPTH_FRAME_KEY: frame_of_ray},
-        )
-        rig.apply_to_raybundle(bundle)
-        loss = depth_loss(corner_depth(bundle.origins, bundle.directions), measured, "l1")
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    refine(rig, tpf.parameters(), 1e-3, origins, directions, frame_of_ray, measured)
 
     with torch.no_grad():
         # The rig's view of the trained frames equals the fine-tuned TPF's poses ...

@@ -41,8 +41,8 @@ from async_nerf_ns.data.layout import (
     RGB_EXTENSIONS,
     RGB_POSE_GT_TRACK,
     LayoutError,
-    _depth_header,
-    _read_pose_txt,
+    depth_header,
+    read_layout_pose_txt,
     read_layout,
 )
 from async_nerf_ns.data.output_folder import (
@@ -254,7 +254,7 @@ def _read_poses(stream: RawStream, folder: Path, convention: str, every_frame: b
                 raise RawDataError(path, f"frame without a pose: no {folder / (stem + '.txt')}")
     for stem, path in poses.items():
         try:
-            pose = _read_pose_txt(path)  # the layout's own checks: shape, finite, a proper rotation
+            pose = read_layout_pose_txt(path)  # the layout's own checks: shape, finite, a proper rotation
         except LayoutError as error:
             raise RawDataError(error.path, error.problem) from error
         stream.poses_drb[stem] = raw_c2w_to_drb(pose, convention)
@@ -283,7 +283,7 @@ def _image_size(path: Path) -> Tuple[int, int]:
 
 def _depth_size(path: Path) -> Tuple[int, int]:
     try:
-        (height, width), _ = _depth_header(path)
+        (height, width), _ = depth_header(path)
     except LayoutError as error:
         raise RawDataError(error.path, error.problem) from error
     return width, height

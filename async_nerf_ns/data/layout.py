@@ -223,7 +223,7 @@ def _read_rgb_frame(stem: str, image_path: Path, metadata_path: Path, pose_gt_pa
         intrinsics=_read_intrinsics(meta, metadata_path),
         c2w=_read_pose(_required(meta, "c2w", metadata_path), metadata_path, "c2w"),
         timestamp=_read_timestamp(meta, stem, metadata_path),
-        pose_gt=None if pose_gt_path is None else _read_pose_txt(pose_gt_path),
+        pose_gt=None if pose_gt_path is None else read_layout_pose_txt(pose_gt_path),
         pose_gt_path=pose_gt_path,
         file_size=file_size,
         file_mode=file_mode,
@@ -259,7 +259,7 @@ def _read_depth_frame(
             metadata_path,
             "depth frame without a timestamp: set 'timestamp' (seconds) in the metadata or name the file by its time",
         )
-    stored_hw, default_scale = _depth_header(depth_path)
+    stored_hw, default_scale = depth_header(depth_path)
     if stored_hw != (height, width):
         stored = f"{stored_hw[1]}x{stored_hw[0]}"
         raise LayoutError(depth_path, f"depth map is {stored}, metadata says W x H = {width}x{height}")
@@ -285,7 +285,7 @@ def _read_depth_frame(
         c2w_prior=None if prior is None else _read_pose(prior, metadata_path, "c2w"),
         depth_scale=scale,
         depth_is_ray=kind == "ray",
-        pose_gt=None if pose_gt_path is None else _read_pose_txt(pose_gt_path),
+        pose_gt=None if pose_gt_path is None else read_layout_pose_txt(pose_gt_path),
         pose_gt_path=pose_gt_path,
     )
 
@@ -448,7 +448,9 @@ def _read_pose(value: Any, path: Path, key: str) -> np.ndarray:
     return pose
 
 
-def _read_pose_txt(path: Path) -> np.ndarray:
+def read_layout_pose_txt(path: Path) -> np.ndarray:
+    """A pose_gt text file of the layout: a 3x4 (or 4x4) matrix with a proper rotation, else LayoutError.
+    (trajectory/pose_files.read_pose_txt reads upstream's pose folders, with its own error type.)"""
     try:
         pose = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, OSError) as error:
@@ -564,7 +566,7 @@ def _load_depth_tensor(path: Path, mmap: bool) -> torch.Tensor:
     return value
 
 
-def _depth_header(path: Path) -> Tuple[Tuple[int, int], float]:
+def depth_header(path: Path) -> Tuple[Tuple[int, int], float]:
     """((H, W), default metres per unit) of a depth file, without decoding the whole map."""
     suffix = path.suffix.lower()
     if suffix == ".npy":

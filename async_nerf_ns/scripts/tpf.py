@@ -128,7 +128,7 @@ class FitTpf:
             report["sets"][pose_set.name] = {
                 "frames": len(pose_set.stems),
                 "written_to": pose_set.write_dir,
-                "errors": _errors(pose_set, predicted, baselines, problem.metres_per_unit),
+                "errors": method_errors(pose_set, predicted, baselines, problem.metres_per_unit),
             }
             linear = baselines["linear_slerp"](pose_set.timestamps)
             streams.append(_stream(pose_set, predicted, linear, problem.to_plot_frame))
@@ -140,7 +140,7 @@ class FitTpf:
 
     def _read(self) -> Problem:
         if (self.data / "coordinates.pt").is_file():
-            return _layout_problem(read_layout(self.data))
+            return layout_problem(read_layout(self.data))
         if self.data.is_dir() and is_upstream_sequence(self.data):
             return _upstream_problem(self.data, self.metres_per_unit, self.hold_out_every)
         raise FileNotFoundError(
@@ -165,7 +165,7 @@ class FitTpf:
         )
 
 
-def _errors(pose_set: PoseSet, predicted: np.ndarray, baselines, metres_per_unit: float) -> Dict[str, object]:
+def method_errors(pose_set: PoseSet, predicted: np.ndarray, baselines, metres_per_unit: float) -> Dict[str, object]:
     """Per-method error summaries on the frames that have a true pose (and, for 'prior', a prior)."""
     has_gt = np.array([gt is not None for gt in pose_set.gt], dtype=bool)
     if not has_gt.any():
@@ -201,7 +201,8 @@ def _stream(
     )
 
 
-def _layout_problem(layout: DatasetLayout) -> Problem:
+def layout_problem(layout: DatasetLayout) -> Problem:
+    """The fitting problem of a dataset in our layout: train RGB (timestamp, pose) pairs and depth sets."""
     train = layout.splits["train"]
     times = train.rgb_timestamps
     if times is None:
