@@ -41,7 +41,12 @@ def optimizer_templates(field_steps: int, camera_steps: int) -> dict:
         "proposal_networks": adam(1e-2, 1e-4, field_steps),
         "fields": adam(1e-2, 1e-4, field_steps),
         "camera_opt": adam(1e-3, 1e-4, camera_steps),
-        "depth_pose_opt": adam(1e-3, 1e-4, camera_steps),
+        # Per-depth-frame corrections are in scene units: 1e-4 is ~1 cm per step at the example's
+        # 82 m per unit. Measured on the example town (2000 steps, examples/bench_async_depth.py):
+        # 1e-3 moved TPF poses that were right to 0.4 mm by 0.26 m / 0.35 deg (the young field's
+        # depth errors pull them), 1e-4 by 0.12 m / 0.16 deg; from the prior poses (2.26 m off) 1e-3
+        # reached 1.95 m and 1e-4 2.09 m.
+        "depth_pose_opt": adam(1e-4, 1e-5, camera_steps),
         # Only used with --pipeline.finetune-tpf. The TPF's control points are in normalised position
         # units (the trajectory's half-extent is 1), hence a smaller step than the per-frame corrections'.
         "tpf": adam(1e-4, 1e-5, camera_steps),
@@ -66,7 +71,8 @@ def async_nerf_config() -> AsyncNerfTrainerConfig:
             ),
             model=AsyncNerfModelConfig(
                 eval_num_rays_per_chunk=1 << 15,
-                average_init_density=0.01,
+                # average_init_density stays nerfacto's 1.0: 0.01 was measured 1.6-1.8 dB worse on the
+                # example town (async-nerf-small, 300 and 2000 steps).
                 camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
                 depth_pose_refine_start=5000,
             ),

@@ -1,9 +1,9 @@
 """What asynchronous depth brings, and what each way of posing the depth frames is worth.
 
-    python examples/bench_async_depth.py [--iterations 2000] [--rows 1 2 3 4 5] [--quick]
+    python examples/bench_async_depth.py [--iterations 2000] [--rows 1 2 3 4 5 6 7] [--quick]
                                          [--scene example_data/town] [--output bench_out/async_depth]
 
-Part 1: five trainings of ``async-nerf-small`` on the example scene, same iterations, each in a
+Part 1: seven trainings of ``async-nerf-small`` on the example scene, same iterations, each in a
 fresh process, evaluated on all val RGB frames and all val depth frames (rendered at their true
 poses, so every row is judged against the same geometry):
 
@@ -17,6 +17,7 @@ poses, so every row is judged against the same geometry):
 5. depth at ground-truth poses (an upper bound), refinement off.
 6. TPF + joint refinement + TPF fine-tuning (``finetune_tpf=True``): stage 3 also trains the
    time-pose function through the depth loss.
+7. prior + joint refinement: what stage 3 alone makes of the naive poses (no TPF).
 
 Columns: val PSNR/SSIM (RGB), depth RMSE (m), AbsRel and delta<1.25 on val depth frames, and the
 pose error (mean translation in m / rotation in deg, against pose_gt) of the train depth frames at
@@ -56,6 +57,7 @@ ROWS = {
     "4": ("depth @ TPF + joint refinement (preset)", "tpf+refine"),
     "5": ("depth @ GT poses, no refinement", "gt"),
     "6": ("depth @ TPF + joint refinement + TPF fine-tuning", "tpf+refine"),
+    "7": ("depth @ prior poses + joint refinement", "prior+refine"),
 }
 """Row id -> (label, pose source whose train-frame errors are reported)."""
 
@@ -67,15 +69,15 @@ def run_row(row: str, scene: str, iterations: int, output: str, threads: Optiona
     bc.set_threads(threads)
     config = bc.small_preset(iterations)
     pipeline = config.pipeline
-    if row not in ("4", "6"):
+    if row not in ("4", "6", "7"):
         pipeline.model.depth_pose_optimizer = CameraOptimizerConfig(mode="off")
     pipeline.finetune_tpf = row == "6"
     if row == "1":
         pipeline.datamanager.train_num_depth_rays_per_batch = 0
         pipeline.depth_poses = "prior"  # no depth is trained: skip the TPF fit
     else:
-        pipeline.depth_poses = {"2": "prior", "3": "tpf", "4": "tpf", "5": "gt", "6": "tpf"}[row]
-    names = {"1": "rgb-only", "2": "prior", "3": "tpf", "4": "tpf-refine", "5": "gt", "6": "tpf-refine-finetune"}
+        pipeline.depth_poses = {"2": "prior", "3": "tpf", "4": "tpf", "5": "gt", "6": "tpf", "7": "prior"}[row]
+    names = {"1": "rgb-only", "2": "prior", "3": "tpf", "4": "tpf-refine", "5": "gt", "6": "tpf-refine-finetune", "7": "prior-refine"}
     name = f"depth-{row}-{names[row]}"
     return bc.train_in_process(config, Path(scene), iterations, Path(output), name=name)  # type: ignore[return-value]
 

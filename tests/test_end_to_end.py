@@ -37,6 +37,7 @@ def trained_config(example_scene: Path, tmp_path_factory) -> Path:
             "--max-num-iterations", str(ITERATIONS),
             "--steps-per-save", "100",
             "--logging.local-writer.enable", "False",
+            "--pipeline.model.depth-pose-refine-start", str(ITERATIONS // 2),
             "--pipeline.finetune-tpf", "True",
         ],
         cwd=out,
