@@ -19,8 +19,9 @@ from async_nerf_ns.data.datamanager import AsyncNerfDataManagerConfig
 from async_nerf_ns.data.dataparser import AsyncNerfDataParserConfig
 from async_nerf_ns.engine.trainer import AsyncNerfTrainerConfig
 from async_nerf_ns.model.model import AsyncNerfModelConfig
+from async_nerf_ns.model.pose_refinement import DEPTH_POSE_GROUP
 from async_nerf_ns.partition.config import PartitionConfig
-from async_nerf_ns.pipeline import AsyncNerfPipelineConfig
+from async_nerf_ns.pipeline import TPF_GROUP, AsyncNerfPipelineConfig
 
 
 def _machine() -> MachineConfig:
@@ -46,10 +47,10 @@ def optimizer_templates(field_steps: int, camera_steps: int) -> dict:
         # 1e-3 moved TPF poses that were right to 0.4 mm by 0.26 m / 0.35 deg (the young field's
         # depth errors pull them), 1e-4 by 0.12 m / 0.16 deg; from the prior poses (2.26 m off) 1e-3
         # reached 1.95 m and 1e-4 2.09 m.
-        "depth_pose_opt": adam(1e-4, 1e-5, camera_steps),
+        DEPTH_POSE_GROUP: adam(1e-4, 1e-5, camera_steps),
         # Only used with --pipeline.finetune-tpf. The TPF's control points are in normalised position
         # units (the trajectory's half-extent is 1), hence a smaller step than the per-frame corrections'.
-        "tpf": adam(1e-4, 1e-5, camera_steps),
+        TPF_GROUP: adam(1e-4, 1e-5, camera_steps),
     }
 
 

@@ -157,7 +157,7 @@ class AsyncNerfPipeline(VanillaPipeline):
         timestamps = self.depth_track.timestamps.numpy()
         with torch.no_grad():
             stage1_c2w = stage1.poses(timestamps)
-        self.model.camera_optimizer.trajectory = TPFRayCorrections(self.tpf, timestamps, stage1_c2w)
+        self.model.camera_optimizer.trajectory = TPFRayCorrections(self.tpf, timestamps, stage1_c2w, self.model.device)
 
     def depth_poses(self, track, source: DepthPoseSource) -> torch.Tensor:
         """World-frame poses (N,3,4) of a track's frames from ``source`` as given in stage 1 (for tpf:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
+import torch
 from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.field_components.spatial_distortions import SpatialDistortion
 from nerfstudio.fields.density_fields import HashMLPDensityField
 from nerfstudio.fields.nerfacto_field import NerfactoField
 from nerfstudio.models.nerfacto import NerfactoModelConfig
-import torch
 from torch import Tensor, nn
 
 

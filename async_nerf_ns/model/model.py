@@ -133,18 +133,10 @@ class AsyncNerfModel(NerfactoModel):
         b = self.config.proposal_weights_anneal_slope
         return b * x / ((b - 1) * x + 1)
 
-    def _schedule_step_of(self, cell: int) -> int:
-        """A cell's own step count: nerfacto's schedules run on it as if the cell were trained alone.
-
-        (Compressing them by the number of cells, so that they end with the run, was measured to
-        hurt: annealed proposal sampling before the cell's proposal networks have learned.)
-        """
-        return int(self.cells[cell].steps)
-
     def _tick(self, cell: int) -> None:
         """One training batch rendered by ``cell``: advance its clock and its sampler's schedules."""
         self.cells[cell].steps += 1
-        self._schedule_step = self._schedule_step_of(cell)
+        self._schedule_step = int(self.cells[cell].steps)
         sampler = self.cell_samplers[cell]
         sampler.set_anneal(self._anneal(self._schedule_step))
         sampler.step_cb(self._schedule_step)
@@ -154,7 +146,7 @@ class AsyncNerfModel(NerfactoModel):
     def proposal_sampler(self) -> ProposalNetworkSampler:  # read by NerfactoModel.get_outputs
         if self._render_cell is not None:
             return self.cell_samplers[self._render_cell]
-        trained = [self._schedule_step_of(k) for k in range(self.num_cells) if int(self.cells[k].steps) > 0]
+        trained = [int(cell.steps) for cell in self.cells if int(cell.steps) > 0]
         self.merged_sampler.set_anneal(self._anneal(min(trained)) if trained else 1.0)
         return self.merged_sampler
 

@@ -28,11 +28,14 @@ class TPFRayCorrections:
     pipeline (saved once, under ``tpf.*``); the pose optimiser only borrows it.
     """
 
-    def __init__(self, tpf: FittedTPF, timestamps: np.ndarray, stage1_c2w: Float[Tensor, "n 3 4"]) -> None:
+    def __init__(
+        self, tpf: FittedTPF, timestamps: np.ndarray, stage1_c2w: Float[Tensor, "n 3 4"], device: torch.device | str = "cpu"
+    ) -> None:
         assert len(timestamps) == len(stage1_c2w), "one timestamp per stage-1 pose"
         self.tpf = tpf
         self.timestamps = np.asarray(timestamps, dtype=np.float64)
-        self.stage1_c2w = stage1_c2w.detach().float()
+        self.stage1_c2w = stage1_c2w.detach().float().to(device)
+        """On the device of the rays they correct (the model's)."""
 
     def __len__(self) -> int:
         return len(self.timestamps)
@@ -41,7 +44,7 @@ class TPFRayCorrections:
         """Corrections (M,3,4) for depth-frame indices (M,): [R_now R_stage1^T | t_now - t_stage1]."""
         unique, inverse = torch.unique(frames, return_inverse=True)
         current = self.tpf.poses(self.timestamps[unique.cpu().numpy()]).to(frames.device)
-        stage1 = self.stage1_c2w.to(frames.device)[unique]
+        stage1 = self.stage1_c2w[unique]
         rotation = current[:, :, :3] @ stage1[:, :, :3].transpose(-1, -2)
         translation = current[:, :, 3:] - stage1[:, :, 3:]
         return torch.cat([rotation, translation], dim=-1)[inverse]
