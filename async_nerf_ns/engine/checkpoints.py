@@ -11,10 +11,11 @@ from __future__ import annotations
 import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
+from nerfstudio.utils.rich_utils import CONSOLE
 
 #: Suffix of a checkpoint that is still being written. nerfstudio's loaders parse every file name in
 #: ``nerfstudio_models/`` as ``step-N.ckpt``, so partial files are written next to the folder instead.
@@ -61,3 +62,34 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def checkpoint_step(path: Path) -> int:
+    """``step-000000123.ckpt`` -> 123 (nerfstudio's naming)."""
+    return int(Path(path).stem.split("-", 1)[1])
+
+
+def newest_loadable_checkpoint(models_dir: Path, quarantine: Optional[Path] = None) -> Optional[Path]:
+    """The newest ``step-N.ckpt`` in ``models_dir`` that torch can read back whole, or None.
+
+    A file that does not load (truncated by a kill, a full disk, a copy cut short) is skipped with a
+    warning, and moved to ``quarantine`` when one is given (never deleted: it may be all a user has);
+    nerfstudio's loaders parse every name in ``models_dir``, so it must not stay there.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return None
+    candidates = sorted(models_dir.glob("step-*.ckpt"), key=checkpoint_step, reverse=True)
+    for path in candidates:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or "pipeline" not in state or "step" not in state:
+                raise ValueError("not a nerfstudio checkpoint (no 'pipeline' or 'step')")
+        except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on damage
+            CONSOLE.print(f"[yellow]Checkpoint {path} does not load ({type(error).__name__}: {error}); trying an older one")
+            if quarantine is not None:
+                quarantine.mkdir(parents=True, exist_ok=True)
+                os.replace(path, quarantine / path.name)
+            continue
+        return path
+    return None

@@ -8,8 +8,9 @@ from typing import Type
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
+from nerfstudio.utils.rich_utils import CONSOLE
 
-from async_nerf_ns.engine.checkpoints import atomic_torch_save, to_plain_python
+from async_nerf_ns.engine.checkpoints import PARTIAL_SUFFIX, atomic_torch_save, newest_loadable_checkpoint, to_plain_python
 from async_nerf_ns.engine.optimizers import CellOptimizers
 
 
@@ -26,6 +27,29 @@ class AsyncNerfTrainer(Trainer):
     def setup_optimizers(self) -> CellOptimizers:
         param_groups = self.pipeline.get_param_groups()
         return CellOptimizers.from_templates(self.config.optimizers.copy(), param_groups)
+
+    def _load_checkpoint(self) -> None:
+        """nerfstudio's loading, made safe for resuming after a kill:
+
+        - with ``--load-dir`` and no ``--load-step``, the newest checkpoint that actually loads is used
+          (a damaged one is moved to ``RUN/unloadable_checkpoints/``, never deleted);
+        - ``--max-num-iterations`` is the run's total: a run resumed at step S trains up to the same
+          last step as the run it continues (nerfstudio would train that many steps *more*);
+        - temporary files of a save that a kill interrupted are removed.
+        """
+        config = self.config
+        if config.load_dir is not None and config.load_step is None:
+            found = newest_loadable_checkpoint(config.load_dir, quarantine=config.load_dir.parent / "unloadable_checkpoints")
+            if found is None:
+                CONSOLE.print(f"[yellow]No loadable checkpoint in {config.load_dir}: training from scratch.")
+            config.load_dir, config.load_checkpoint = None, found
+        for partial in self.checkpoint_dir.parent.glob(f".*{PARTIAL_SUFFIX}"):
+            partial.unlink()
+        super()._load_checkpoint()
+        if self._start_step > 0:
+            remaining = max(0, config.max_num_iterations - self._start_step)
+            CONSOLE.print(f"Resuming at step {self._start_step}: {remaining} steps left of {config.max_num_iterations}")
+            config.max_num_iterations = remaining
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
