@@ -1,4 +1,4 @@
-"""The raw-capture converter (async_nerf_ns/data/convert.py, console command async-nerf-convert).
+"""The raw-capture converter (data/convert.py, raw_capture.py, raw_poses.py; console command async-nerf-convert).
 
 The raw capture: 12 RGB frames of 8x6 px at 1 Hz from T0, flying east at 2 m/s along
 ENU (10 + 2 t, 5, 30) m while yawing 10 deg/s; 5 depth frames (4x3 px, track "lidar") at
@@ -23,15 +23,9 @@ import tyro
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from async_nerf_ns.data.convert import (
-    ENU_TO_DRB,
-    ConvertConfig,
-    RawDataError,
-    convert_raw,
-    drb_c2w_to_raw,
-    nearest_in_time,
-    raw_c2w_to_drb,
-)
+from async_nerf_ns.data.convert import ConvertConfig, convert_raw
+from async_nerf_ns.data.raw_capture import RawDataError
+from async_nerf_ns.data.raw_poses import ENU_TO_DRB, drb_c2w_to_raw, nearest_in_time, raw_c2w_to_drb
 from async_nerf_ns.data.layout import LayoutWarning, read_layout
 from async_nerf_ns.data.output_folder import MANIFEST_FILE, OutputFolderError
 from async_nerf_ns.scripts import convert as convert_script

@@ -15,7 +15,7 @@ all streams share one clock):
                                              "TRACK": {...}, "depth_scale": {"TRACK": metres per unit}};
                                              --rgb-intrinsics / --depth-intrinsics / --depth-scale win over it
 
-Output, OUT/ (DATA_LAYOUT.md): coordinates.pt with origin_drb = the midpoint of the bounding box
+Output, OUT/ (docs/DATA_LAYOUT.md): coordinates.pt with origin_drb = the midpoint of the bounding box
 of the RGB camera positions (DRB metres) and pose_scale_factor = the largest distance of an RGB
 camera from it, so RGB cameras lie in the unit ball; train/ and val/ (see --val-every) with
 rgbs/, metadata/ (W, H, intrinsics, normalised DRB c2w, timestamp), depth_TRACK/,
