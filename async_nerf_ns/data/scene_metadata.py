@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -99,19 +99,3 @@ class AsyncNerfMetadata:
     """Metres per scene unit."""
     drb_to_world: Float[Tensor, "3 3"] = field(default_factory=lambda: torch.from_numpy(DRB_TO_WORLD).float())
     """p_world = drb_to_world @ p_drb (normalised DRB to nerfstudio world)."""
-
-    def world_to_drb_metres(self, points_world: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs 3"]:
-        """World-frame scene points to real-world DRB metres (float64)."""
-        points = torch.as_tensor(points_world).to(torch.float64)
-        rotation = self.drb_to_world.to(device=points.device, dtype=torch.float64)
-        origin = self.origin_drb.to(device=points.device, dtype=torch.float64)
-        # p_drb = M^T p_world, written as a right-multiplication on row vectors.
-        return origin + self.pose_scale_factor * (points @ rotation)
-
-    def metres_to_scene(self, x: Union[float, Tensor]) -> Union[float, Tensor]:
-        """A length in metres, in scene units."""
-        return x / self.pose_scale_factor
-
-    def scene_to_metres(self, x: Union[float, Tensor]) -> Union[float, Tensor]:
-        """A length in scene units, in metres."""
-        return x * self.pose_scale_factor

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from async_nerf_ns.partition.centroids import grid_centroids
 from async_nerf_ns.partition.config import PartitionConfig
-from async_nerf_ns.partition.routing import GridRouter
 
 WORLD_UP_IN_DRB = (-1.0, 0.0, 0.0)
 """World z is the layout's up axis, -x of DRB: the third row of the DRB -> world rotation."""
@@ -68,10 +67,6 @@ class PartitionGeometry:
     def centroids_drb(self) -> Float[Tensor, "num_cells 3"]:
         """Centroids in the layout's normalised DRB frame (p_drb = M^T p_world)."""
         return self.centroids.to(torch.float64) @ self.drb_to_world.to(torch.float64)
-
-    def router(self) -> GridRouter:
-        """O(1) point -> cell routing for these centroids."""
-        return GridRouter.from_centroids(self.centroids, self.grid_dim)
 
 
 def resolve_geometry(
