@@ -69,15 +69,15 @@ def async_nerf_config() -> AsyncNerfTrainerConfig:
                 train_num_rays_per_batch=4096,
                 train_num_depth_rays_per_batch=1024,
                 eval_num_rays_per_batch=4096,
+                partition=PartitionConfig(grid_dim=(2, 2)),
             ),
             model=AsyncNerfModelConfig(
                 eval_num_rays_per_chunk=1 << 15,
                 # average_init_density stays nerfacto's 1.0: 0.01 was measured 1.6-1.8 dB worse on the
                 # example town (async-nerf-small, 300 and 2000 steps).
                 camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
-                depth_pose_refine_start=5000,
+                depth_pose_refine_start=5000,  # steps of each cell (7,500 each in a 2x2 run of 30,000)
             ),
-            partition=PartitionConfig(grid_dim=(2, 2)),
         ),
         optimizers=optimizer_templates(field_steps=200000, camera_steps=5000),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
@@ -101,7 +101,7 @@ def async_nerf_small_config() -> AsyncNerfTrainerConfig:
     pipeline.datamanager.train_num_rays_per_batch = 384
     pipeline.datamanager.train_num_depth_rays_per_batch = 128
     pipeline.datamanager.eval_num_rays_per_batch = 1024
-    pipeline.partition = PartitionConfig(grid_dim=(2, 2), samples_per_ray=64)
+    pipeline.datamanager.partition = PartitionConfig(grid_dim=(2, 2), samples_per_ray=64)
     pipeline.model = dataclasses.replace(
         pipeline.model,
         eval_num_rays_per_chunk=1 << 12,
@@ -120,7 +120,8 @@ def async_nerf_small_config() -> AsyncNerfTrainerConfig:
             {"hidden_dim": 16, "log2_hashmap_size": 13, "num_levels": 4, "max_res": 128, "use_linear": False},
         ],
         camera_optimizer=CameraOptimizerConfig(mode="off"),
-        depth_pose_refine_start=iterations // 2,
+        # Cells count their own steps: 2000 steps over 2x2 cells are 500 per cell; stage 3 from half of them.
+        depth_pose_refine_start=iterations // 8,
         depth_loss_warmup_steps=iterations // 10,
         proposal_warmup=iterations // 4,
     )

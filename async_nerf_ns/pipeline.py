@@ -17,41 +17,30 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
-from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
-from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from torch.cuda.amp.grad_scaler import GradScaler
 
-from async_nerf_ns.data.datamanager import AsyncNerfDataManager, AsyncNerfDataManagerConfig
+from async_nerf_ns.data.datamanager import AsyncNerfDataManager, AsyncNerfDataManagerConfig, DepthPoseSource
 from async_nerf_ns.data.dataparser import METADATA_KEY
 from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
 from async_nerf_ns.evaluation import evaluate_depth_frames, flat_pose_errors
 from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
-from async_nerf_ns.partition.config import PartitionConfig
-from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
+from async_nerf_ns.partition.geometry import PartitionGeometry
 from async_nerf_ns.trajectory.finetune import TPFRayCorrections
-from async_nerf_ns.trajectory.fit import fit_tpf
-from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
+from async_nerf_ns.trajectory.tpf import FittedTPF
 
-DepthPoseSource = Literal["tpf", "prior", "gt"]
 TPF_GROUP = "tpf"
 """Optimizer group of the TPF's parameters when it is fine-tuned in stage 3."""
 
 
 @dataclass
 class AsyncNerfPipelineConfig(VanillaPipelineConfig):
-    """Partition, time-pose function and depth-pose options around the datamanager and model."""
+    """The datamanager (partition, stage 1, shards), the model (cells, depth loss, stage 3) and options
+    of stage 3 that involve both."""
 
     _target: Type = field(default_factory=lambda: AsyncNerfPipeline)
     datamanager: AsyncNerfDataManagerConfig = field(default_factory=AsyncNerfDataManagerConfig)
     model: AsyncNerfModelConfig = field(default_factory=AsyncNerfModelConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    """How the scene is cut into cells (Mega-NeRF)."""
-    cells: Optional[Tuple[int, ...]] = None
-    """Train only these cells (to spread cells over runs, then async-nerf-merge); None: all."""
-    depth_poses: DepthPoseSource = "tpf"
-    """Where depth frames get their poses: tpf (time-pose function), prior (metadata c2w), gt."""
-    tpf: TimePoseFunctionConfig = field(default_factory=TimePoseFunctionConfig)
-    """The time-pose function fitted in stage 1."""
     finetune_tpf: bool = False
     """Stage 3 also fine-tunes the TPF through the depth loss (optimizer group 'tpf'), besides the
     per-frame corrections; needs depth_poses=tpf. The stage-1 TPF is kept (as stage1_tpf) for ns-eval."""
@@ -70,70 +59,28 @@ class AsyncNerfPipeline(VanillaPipeline):
         local_rank: int = 0,
         grad_scaler: Optional[GradScaler] = None,
     ):
-        # VanillaPipeline.__init__ builds the model right after the datamanager; the partition and
-        # stage 1 must run in between, so this is its sequence with those steps inserted.
-        Pipeline.__init__(self)
-        self.config = config
-        self.test_mode = test_mode
-        self.world_size = world_size
-        self.datamanager = config.datamanager.setup(
-            device=device, test_mode=test_mode, world_size=world_size, local_rank=local_rank
-        )
-        self.datamanager.to(device)
-        scene = self.datamanager.scene
-        train_cameras = self.datamanager.train_dataset.cameras
-
-        self.geometry: PartitionGeometry = resolve_geometry(
-            config.partition,
-            train_cameras.camera_to_worlds[:, :, 3],
-            scene.origin_drb,
-            scene.pose_scale_factor,
-            scene.drb_to_world,
-        )
-        if config.finetune_tpf and config.depth_poses != "tpf":
-            raise ValueError(f"--pipeline.finetune-tpf needs --pipeline.depth-poses tpf (got {config.depth_poses})")
-        self.trained_cell_list = self._validated_cells(config.cells, self.geometry.num_cells)
+        if config.finetune_tpf and config.datamanager.depth_poses != "tpf":
+            raise ValueError(
+                f"--pipeline.finetune-tpf needs --pipeline.datamanager.depth-poses tpf (got {config.datamanager.depth_poses})"
+            )
+        # The datamanager resolves the partition and runs stage 1; the model reads the centroids and
+        # the number of depth frames from the training dataset's metadata.
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        data = self.datamanager
+        self.geometry: PartitionGeometry = data.geometry
+        self.trained_cell_list = data.trained_cells
         self.register_buffer("trained_cells", self._cell_mask(self.trained_cell_list, self.geometry.num_cells))
-        self.datamanager.use_partition(self.geometry, config.partition, self.trained_cell_list)
-
-        self.depth_track = concat_tracks(scene) if scene.depth_tracks else None
-        self.tpf: Optional[FittedTPF] = None
-        """Fitted in stage 1 when training, or rebuilt from a checkpoint by load_pipeline; fine-tuned in
+        self.depth_track = data.depth_track
+        self.tpf: Optional[FittedTPF] = data.stage1.tpf
+        """Stage 1's TPF when training, or rebuilt from a checkpoint by load_pipeline; fine-tuned in
         stage 3 with finetune_tpf."""
         self.stage1_tpf: Optional[FittedTPF] = None
         """With finetune_tpf: a frozen copy of the TPF as stage 1 fitted it (the depth rays' poses)."""
-        if test_mode == "val" and self.depth_track is not None:  # training: run stage 1
-            if config.depth_poses == "tpf":
-                self._fit_tpf()
-            self.datamanager.set_depth_frames(self.depth_frame_set(self.depth_track, config.depth_poses))
-
-        self._model = config.model.setup(
-            scene_box=self.datamanager.train_dataset.scene_box,
-            num_train_data=len(self.datamanager.train_dataset),
-            metadata=self.datamanager.train_dataset.metadata,
-            device=device,
-            grad_scaler=grad_scaler,
-            centroids=self.geometry.centroids,
-            num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
-        )
-        self.model.to(device)
         if self.tpf is not None and config.finetune_tpf:
+            self.tpf = copy.deepcopy(self.tpf)
             stage1 = copy.deepcopy(self.tpf)
             stage1.requires_grad_(False)
             self._attach_tpf_finetuning(stage1)
-
-    @property
-    def model(self) -> AsyncNerfModel:
-        return typing.cast(AsyncNerfModel, self._model)
-
-    @staticmethod
-    def _validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[int]:
-        if cells is None:
-            return list(range(num_cells))
-        bad = [c for c in cells if not 0 <= c < num_cells]
-        if bad or not cells:
-            raise ValueError(f"--pipeline.cells {list(cells)}: cells are numbered 0..{num_cells - 1}")
-        return sorted(set(cells))
 
     @staticmethod
     def _cell_mask(cells: List[int], num_cells: int) -> torch.Tensor:
@@ -141,15 +88,13 @@ class AsyncNerfPipeline(VanillaPipeline):
         mask[cells] = True
         return mask
 
-    # --- stage 1: poses of depth frames ----------------------------------------------------------
-    def _fit_tpf(self) -> None:
-        scene = self.datamanager.scene
-        if scene.rgb_timestamps is None or len(scene.rgb_timestamps) < 2:
-            raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
-        CONSOLE.print(f"Stage 1: fitting the time-pose function to {len(scene.rgb_timestamps)} RGB frames")
-        cameras = self.datamanager.train_dataset.cameras
-        self.tpf = fit_tpf(scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), self.config.tpf)
+    def get_train_loss_dict(self, step: int):
+        # The model's own randomness (proposal sampling jitter) drawn from a function of the step, like
+        # the batches: a run resumed at step s continues exactly as the uninterrupted one.
+        torch.manual_seed(hash((self.config.datamanager.sampling_seed, step)) & 0x7FFFFFFF)
+        return super().get_train_loss_dict(step)
 
+    # --- stage 1 and 3: poses of depth frames ------------------------------------------------------
     def _attach_tpf_finetuning(self, stage1: FittedTPF) -> None:
         """Lets stage 3 move the depth rays from the stage-1 TPF's poses to the (trained) TPF's."""
         assert self.tpf is not None and self.depth_track is not None
@@ -162,18 +107,7 @@ class AsyncNerfPipeline(VanillaPipeline):
     def depth_poses(self, track, source: DepthPoseSource) -> torch.Tensor:
         """World-frame poses (N,3,4) of a track's frames from ``source`` as given in stage 1 (for tpf:
         the TPF as fitted, before any fine-tuning; the pose optimiser's corrected_depth_poses for after)."""
-        if source == "tpf":
-            tpf = self.stage1_tpf if self.stage1_tpf is not None else self.tpf
-            assert tpf is not None
-            with torch.no_grad():
-                return tpf.poses(track.timestamps.numpy()).cpu()
-        poses = track.prior_c2w if source == "prior" else track.gt_c2w
-        missing = (~torch.isfinite(poses).reshape(len(track), -1).all(dim=1)).nonzero()
-        if len(missing):
-            frame = track.frames[int(missing[0])]
-            what = "a prior c2w in its metadata" if source == "prior" else "a pose_gt file"
-            raise ValueError(f"depth_poses={source}: {frame.metadata_path} (and {len(missing) - 1} more) has no {what}")
-        return poses
+        return self.datamanager.depth_poses(track, source, self.stage1_tpf if self.stage1_tpf is not None else self.tpf)
 
     def depth_frame_set(self, track, source: DepthPoseSource) -> DepthFrameSet:
         return DepthFrameSet(track, self.depth_poses(track, source), self.datamanager.scene.pose_scale_factor)
@@ -201,9 +135,10 @@ class AsyncNerfPipeline(VanillaPipeline):
         was_training = self.model.training
         self.model.eval()
         if val_track is not None:
-            source = "gt" if self._all_gt(val_track) else self.config.depth_poses
+            source = "gt" if self._all_gt(val_track) else self.config.datamanager.depth_poses
             metrics.update(evaluate_depth_frames(self.model, self.depth_frame_set(val_track, source)))
-            metrics["depth_eval_poses"] = source
+            # Writers take numbers only: which poses the depth evaluation used is in the name.
+            metrics[f"depth_eval_at_{source}_poses"] = 1.0
         for split, track in (("train", self.depth_track), ("val", val_track)):
             if track is None or not self._all_gt(track):
                 continue
@@ -212,10 +147,10 @@ class AsyncNerfPipeline(VanillaPipeline):
                 poses["prior"] = track.prior_c2w
             if self.tpf is not None:
                 poses["tpf"] = self.depth_poses(track, "tpf")
-            if split == "train" and self.config.depth_poses in poses:
-                base = poses[self.config.depth_poses].to(self.device)
+            if split == "train" and self.config.datamanager.depth_poses in poses:
+                base = poses[self.config.datamanager.depth_poses].to(self.device)
                 refined = self.model.camera_optimizer.corrected_depth_poses(base).cpu()
-                poses[f"{self.config.depth_poses}+refine"] = refined
+                poses[f"{self.config.datamanager.depth_poses}+refine"] = refined
             elif split == "val" and self.stage1_tpf is not None and self.tpf is not None:
                 # Frames never trained on: only a fine-tuned TPF can have moved them.
                 poses["tpf+refine"] = self.tpf.poses(track.timestamps.numpy()).cpu()
@@ -232,6 +167,10 @@ class AsyncNerfPipeline(VanillaPipeline):
             stage1.requires_grad_(False)
             self._attach_tpf_finetuning(stage1)
         super().load_pipeline(loaded_state, step)
+        data = self.datamanager
+        if self.test_mode == "val" and self.depth_track is not None and data.config.depth_poses == "tpf":
+            # A resumed run trains its depth rays at the saved stage-1 poses, whatever the cache holds.
+            data.set_depth_poses(self.depth_poses(self.depth_track, "tpf"))
 
     def _saved_tpf(self, current: Optional[FittedTPF], loaded_state: Dict[str, torch.Tensor], prefix: str) -> Optional[FittedTPF]:
         """The TPF saved under `prefix`: loaded into `current` when the shapes match (a resumed training

@@ -1,43 +1,59 @@
-"""Training batches for async-nerf: one cell per step, its RGB pixels and its depth-frame pixels.
+"""Training data for async-nerf: the partition, stage 1 (depth-frame poses) and per-cell ray shards.
 
 Subclasses nerfstudio's VanillaDataManager and keeps its evaluation side (eval images, fixed-index
-eval dataloader) unchanged; only training sampling differs:
-- every step draws from ONE cell (round-robin over the cells being trained): RGB pixels whose
-  ray crosses the cell (cluster masks from ``async_nerf_ns.partition``) and, once the pipeline
-  has given depth frames their poses, depth pixels of that cell;
-- rays of depth frames follow the RGB rays in the bundle; their ``metadata["depth_frame"]``
-  names the depth frame (for pose refinement) and ``batch["depth"]`` holds the measured distance
-  along the ray in scene units.
-Pixels are loaded lazily on the first training step, so ns-eval/ns-render pay nothing for them.
+eval dataloader); training differs:
+- set-up: the partition of the training cameras, and (training only) stage 1: the time-pose function
+  (fitted once per dataset and cached, `trajectory/stage1.py`) gives every depth frame its pose;
+- data: every cell's RGB pixels and depth pixels live on disk as shuffled per-cell ray shards
+  (`async_nerf_ns/shards`), written on first use (or beforehand by ``async-nerf-partition``) in
+  bounded memory, and read a chunk at a time: RAM does not grow with the number of frames, and a
+  run restricted to some cells reads only their chunks;
+- batches: each step draws ONE cell (round-robin) and a batch of its RGB and depth records, as a pure
+  function of (seed, step) (`cell_sampler.py`), so a resumed run continues exactly.
+Depth rays follow the RGB rays in the bundle; ``metadata["depth_frame"]`` names their depth frame
+(for pose refinement) and ``batch["depth"]`` holds the measured distance along the ray (scene units).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
+import numpy as np
 import torch
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from async_nerf_ns.data.cache_dir import cache_dir
+from async_nerf_ns.data.cell_sampler import CellRaySampler
+from async_nerf_ns.data.cell_shards import ShardConfig, pixel_rows_columns, write_depth_shards, write_rgb_shards
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
-from async_nerf_ns.data.depth_frames import DepthFrameSet
-from async_nerf_ns.data.pixel_store import PixelStore
-from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY
-from async_nerf_ns.partition.cache import cached_cluster_masks
+from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
+from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY, PARTITION_KEY
+from async_nerf_ns.data.scene_metadata import DepthTrackData
 from async_nerf_ns.partition.config import PartitionConfig
-from async_nerf_ns.partition.geometry import PartitionGeometry
+from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
+from async_nerf_ns.trajectory.stage1 import fitted_tpf
+from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
+DepthPoseSource = Literal["tpf", "prior", "gt"]
+
+UNUSED_OPTIONS = ("train_num_images_to_sample_from", "train_num_times_to_repeat_images", "patch_size", "pixel_sampler")
+"""VanillaDataManagerConfig options that training here does not use (it samples per-cell shards,
+not cached images): setting one is an error rather than silently ignored."""
 
 
 @dataclass
 class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
-    """Cell-wise ray sampling of RGB and depth-frame pixels."""
+    """Per-cell ray shards of RGB and depth-frame pixels, one cell per step.
+
+    Of nerfstudio's options, train_num_images_to_sample_from, train_num_times_to_repeat_images,
+    patch_size and pixel_sampler do not apply to training (it samples whole cells from shards) and
+    are rejected when changed; the eval_* options keep their nerfstudio meaning."""
 
     _target: Type = field(default_factory=lambda: AsyncNerfDataManager)
     dataparser: AsyncNerfDataParserConfig = field(default_factory=AsyncNerfDataParserConfig)
@@ -46,7 +62,43 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     train_num_depth_rays_per_batch: int = 1024
     """Rays from depth frames per training step, same cell (0: no depth supervision)."""
     sampling_seed: int = 0
-    """Seed of the training pixel sampler."""
+    """Seed of the training batches: batch s of cell k is a function of (seed, k, s)."""
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    """How the scene is cut into cells (Mega-NeRF)."""
+    cells: Optional[Tuple[int, ...]] = None
+    """Train only these cells (cluster runs: one cell per task); None: all. Only their shards are read."""
+    depth_poses: DepthPoseSource = "tpf"
+    """Where depth frames get their poses: tpf (time-pose function), prior (metadata c2w), gt."""
+    tpf: TimePoseFunctionConfig = field(default_factory=TimePoseFunctionConfig)
+    """The time-pose function fitted in stage 1."""
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    """The per-cell ray shards on disk."""
+
+
+@dataclass
+class Stage1:
+    """What stage 1 produced for training. A plain holder, not a submodule: the pipeline registers the
+    time-pose function (its checkpoint keys are ``tpf.*``)."""
+
+    tpf: Optional[FittedTPF] = None
+    """The time-pose function fitted to the training RGB frames (depth_poses=tpf)."""
+
+
+def validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[int]:
+    if cells is None:
+        return list(range(num_cells))
+    bad = [c for c in cells if not 0 <= c < num_cells]
+    if bad or not cells:
+        raise ValueError(f"--pipeline.datamanager.cells {list(cells or [])}: cells are numbered 0..{num_cells - 1}")
+    return sorted(set(cells))
+
+
+def nearest_in_time(rgb_times: Tensor, times: Tensor) -> Tensor:
+    """Index of the nearest RGB frame in time (depth rays need one for the appearance embedding)."""
+    nearest = torch.searchsorted(rgb_times, times.clamp(rgb_times[0], rgb_times[-1])).clamp(max=len(rgb_times) - 1)
+    previous = (nearest - 1).clamp(min=0)
+    closer_previous = (times - rgb_times[previous]).abs() < (rgb_times[nearest] - times).abs()
+    return torch.where(closer_previous, previous, nearest)
 
 
 class AsyncNerfDataManager(VanillaDataManager):
@@ -61,143 +113,153 @@ class AsyncNerfDataManager(VanillaDataManager):
         local_rank: int = 0,
         **kwargs,
     ):
+        defaults = AsyncNerfDataManagerConfig()
+        changed = [f.name for f in fields(config) if f.name in UNUSED_OPTIONS and getattr(config, f.name) != getattr(defaults, f.name)]
+        if changed:
+            raise ValueError(
+                f"--pipeline.datamanager.{changed[0].replace('_', '-')} does not apply to async-nerf: training samples "
+                "each cell's pixels from its ray shards (see --pipeline.datamanager.shards.*)"
+            )
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
-        self._generator = torch.Generator().manual_seed(config.sampling_seed)
-        self.geometry: Optional[PartitionGeometry] = None
-        self.partition_config: Optional[PartitionConfig] = None
-        self.trained_cells: List[int] = [0]
-        self._rgb_store: Optional[PixelStore] = None
-        self._depth_store: Optional[PixelStore] = None
+        scene = self.scene
+        cameras = self.train_dataset.cameras
+        self.geometry: PartitionGeometry = resolve_geometry(
+            config.partition, cameras.camera_to_worlds[:, :, 3], scene.origin_drb, scene.pose_scale_factor, scene.drb_to_world
+        )
+        self.trained_cells = validated_cells(config.cells, self.geometry.num_cells)
+        self.depth_track: Optional[DepthTrackData] = concat_tracks(scene) if scene.depth_tracks else None
+        self.stage1 = Stage1()
         self.depth_frames: Optional[DepthFrameSet] = None
+        self._sampler: Optional[CellRaySampler] = None
         self._depth_ray_generator: Optional[RayGenerator] = None
         self._depth_appearance_index: Optional[Tensor] = None
-        self._cursor = 0
+        self._last_draw = -1
+        if test_mode == "val" and self.depth_track is not None:  # training: stage 1
+            if config.depth_poses == "tpf":
+                if scene.rgb_timestamps is None or len(scene.rgb_timestamps) < 2:
+                    raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
+                self.stage1.tpf = fitted_tpf(
+                    self.cache_folder("stage1"), scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), config.tpf
+                )
+            self.set_depth_poses(self.depth_poses(self.depth_track, config.depth_poses, self.stage1.tpf))
+        self.train_dataset.metadata[PARTITION_KEY] = {
+            "centroids": self.geometry.centroids,
+            "num_depth_frames": 0 if self.depth_track is None else len(self.depth_track),
+        }
 
     @property
     def scene(self):
         """AsyncNerfMetadata of the training split."""
         return self.train_dataparser_outputs.metadata[METADATA_KEY]
 
-    @property
-    def cache_dir(self) -> Path:
+    def cache_folder(self, sub: str) -> Path:
         parser = self.config.dataparser
-        return Path(parser.cache_dir or Path(parser.data) / ".async_nerf_cache")
+        return cache_dir(Path(parser.data), parser.cache_dir, sub)
+
+    @property
+    def shard_root(self) -> Path:
+        configured = self.config.shards.shard_dir
+        if configured is not None:
+            Path(configured).mkdir(parents=True, exist_ok=True)
+            return Path(configured)
+        return self.cache_folder("shards")
 
     def setup_train(self) -> None:
-        """Only the ray generator: pixels and cluster masks are built on the first training step."""
+        """Only the ray generator: shards are opened (or written) on the first training batch."""
         self.train_ray_generator = RayGenerator(self.train_dataset.cameras.to(self.device))
 
-    # --- set by the pipeline -------------------------------------------------------------------
-    def use_partition(self, geometry: PartitionGeometry, config: PartitionConfig, cells: List[int]) -> None:
-        """Train ``cells`` of ``geometry``; masks are computed (or read from the cache) lazily."""
-        self.geometry, self.partition_config = geometry, config
-        self.trained_cells = list(cells)
-        self._rgb_store = self._depth_store = None
+    # --- depth frames and their poses ------------------------------------------------------------
+    def depth_poses(self, track: DepthTrackData, source: DepthPoseSource, tpf: Optional[FittedTPF]) -> Tensor:
+        """World-frame poses (N,3,4) of a track's frames from ``source`` (for tpf: of the given TPF)."""
+        if source == "tpf":
+            assert tpf is not None, "depth_poses=tpf without a time-pose function"
+            with torch.no_grad():
+                return tpf.poses(track.timestamps.numpy()).cpu()
+        poses = track.prior_c2w if source == "prior" else track.gt_c2w
+        missing = (~torch.isfinite(poses).reshape(len(track), -1).all(dim=1)).nonzero()
+        if len(missing):
+            frame = track.frames[int(missing[0])]
+            what = "a prior c2w in its metadata" if source == "prior" else "a pose_gt file"
+            raise ValueError(f"depth_poses={source}: {frame.metadata_path} (and {len(missing) - 1} more) has no {what}")
+        return poses
 
-    def set_depth_frames(self, frames: DepthFrameSet) -> None:
-        """Depth frames with the poses they are trained at (TPF, prior or GT: the pipeline decides)."""
+    def set_depth_poses(self, c2w: Tensor) -> None:
+        """The poses the training depth frames are used at (stage 1's); a change re-selects their shards."""
+        assert self.depth_track is not None
+        if self.depth_frames is not None and torch.equal(self.depth_frames.c2w, c2w):
+            return
+        frames = DepthFrameSet(self.depth_track, c2w, self.scene.pose_scale_factor)
         self.depth_frames = frames
-        self._depth_store = None
         self._depth_ray_generator = RayGenerator(frames.cameras.to(self.device))
-        rgb_times = self.scene.rgb_timestamps
-        # Depth rays need *some* RGB frame index for the appearance embedding: the nearest in time.
-        nearest = torch.searchsorted(rgb_times, frames.timestamps.clamp(rgb_times[0], rgb_times[-1]))
-        nearest = nearest.clamp(max=len(rgb_times) - 1)
-        previous = (nearest - 1).clamp(min=0)
-        closer_previous = (frames.timestamps - rgb_times[previous]).abs() < (rgb_times[nearest] - frames.timestamps).abs()
-        self._depth_appearance_index = torch.where(closer_previous, previous, nearest)
+        self._depth_appearance_index = nearest_in_time(self.scene.rgb_timestamps, frames.timestamps)
+        if self._sampler is not None:
+            self._sampler.set_depth(None, 0)
+            self._attach_depth(self._sampler)
 
-    # --- pixels ----------------------------------------------------------------------------------
-    def _cell_masks(self, cameras: Cameras, what: str) -> Optional[List[Tensor]]:
-        if self.geometry is None or self.geometry.num_cells == 1:
-            return None
-        assert self.partition_config is not None
-        CONSOLE.print(f"Cluster masks for {len(cameras)} {what} ({self.geometry.num_cells} cells)")
-        return cached_cluster_masks(
-            self.cache_dir,
-            cameras,
-            self.geometry.centroids,
-            self.partition_config,
-            self.geometry.z_range,
-            max_ray_length=self.geometry.max_ray_length,
+    # --- shards ----------------------------------------------------------------------------------
+    def write_shards(self) -> Dict[str, Optional[Path]]:
+        """Writes (or finds) the RGB and depth shard sets of every cell; returns their folders."""
+        dataset = self.train_dataset
+        rgb = write_rgb_shards(
+            self.shard_root, dataset.cameras, dataset.image_filenames,
+            lambda i: dataset.get_image_uint8(i), self.geometry, self.config.partition, self.config.shards,
         )
-
-    def _num_cells(self) -> int:
-        return 1 if self.geometry is None else self.geometry.num_cells
-
-    def rgb_store(self) -> PixelStore:
-        if self._rgb_store is None:
-            cameras = self.train_dataset.cameras
-            images = [self.train_dataset.get_image_uint8(i)[..., :3].reshape(-1, 3) for i in range(len(cameras))]
-            self._rgb_store = PixelStore(
-                cameras.width[:, 0].tolist(),
-                cameras.height[:, 0].tolist(),
-                torch.cat(images, dim=0),
-                self._cell_masks(cameras, "RGB frames"),
-                num_cells=self._num_cells(),
-            )
-            self._report("RGB", self._rgb_store)
-        return self._rgb_store
-
-    def depth_store(self) -> Optional[PixelStore]:
-        if self.depth_frames is None or self.config.train_num_depth_rays_per_batch <= 0:
-            return None
-        if self._depth_store is None:
+        depth = None
+        if self.depth_frames is not None and self.config.train_num_depth_rays_per_batch > 0:
             frames = self.depth_frames
-            distances = frames.load_ray_distances()  # list of (H, W) scene units, 0 = invalid
-            flat = torch.cat([d.reshape(-1, 1) for d in distances], dim=0)
-            self._depth_store = PixelStore(
-                frames.cameras.width[:, 0].tolist(),
-                frames.cameras.height[:, 0].tolist(),
-                flat,
-                self._cell_masks(frames.cameras, "depth frames"),
-                valid=flat[:, 0] > 0,
-                num_cells=self._num_cells(),
+            depth = write_depth_shards(
+                self.shard_root, frames.cameras, [p for f in frames.track.frames for p in (f.depth_path, f.metadata_path)], frames.ray_distance,
+                frames.pose_scale_factor, self.geometry, self.config.partition, self.config.shards,
             )
-            self._report("depth", self._depth_store)
-        return self._depth_store
+        return {"rgb": rgb, "depth": depth}
 
-    def _report(self, what: str, store: PixelStore) -> None:
-        counts = [store.count(k) for k in range(len(store.cell_indices))]
-        CONSOLE.print(f"{what} training pixels per cell: {counts}")
+    def _attach_depth(self, sampler: CellRaySampler) -> None:
+        depth = self.write_shards()["depth"]
+        sampler.set_depth(depth, self.config.train_num_depth_rays_per_batch)
+
+    @property
+    def train_pixel_sampler(self) -> CellRaySampler:  # type: ignore[override]
+        """The training sampler (nerfstudio's name: ns-export sets its num_rays_per_batch)."""
+        if self._sampler is None:
+            shard_sets = self.write_shards()
+            sampler = CellRaySampler(
+                shard_sets["rgb"], self.trained_cells, self.config.train_num_rays_per_batch,
+                self.config.sampling_seed, prefetch=self.config.shards.prefetch,
+            )
+            if sampler.empty_cells:
+                CONSOLE.print(f"[yellow]Cells {sampler.empty_cells} have no RGB pixels: they stay empty (untrained).")
+            if shard_sets["depth"] is not None:
+                sampler.set_depth(shard_sets["depth"], self.config.train_num_depth_rays_per_batch)
+            self._sampler = sampler
+        return self._sampler
 
     def cells_with_pixels(self) -> List[int]:
         """The trained cells that have RGB pixels; empty ones are reported and skipped."""
-        store = self.rgb_store()
-        kept = [k for k in self.trained_cells if store.count(k) > 0]
-        empty = sorted(set(self.trained_cells) - set(kept))
-        if empty:
-            CONSOLE.print(f"[yellow]Cells {empty} have no RGB pixels: they stay empty (untrained).")
-        if not kept:
-            raise RuntimeError(f"none of the cells {self.trained_cells} sees any training pixel")
-        return kept
+        return list(self.train_pixel_sampler.cells)
 
     # --- batches ---------------------------------------------------------------------------------
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
+        """The batch of training step ``step`` (a repeated step, as ns-export asks for, draws the next one)."""
         self.train_count += 1
-        if self._cursor == 0:
-            self._active = self.cells_with_pixels()
-        # Round-robin: every cell gets the same number of steps, as when cells train in separate
-        # processes (Mega-NeRF trains each submodule for the same number of iterations).
-        cell = self._active[self._cursor % len(self._active)]
-        self._cursor += 1
+        draw = step if step > self._last_draw else self._last_draw + 1
+        self._last_draw = draw
+        cell, rgb, depth = self.train_pixel_sampler.sample(draw)
 
-        indices, colours = self.rgb_store().sample(cell, self.config.train_num_rays_per_batch, self._generator)
-        indices = indices.to(self.device)
+        indices = pixel_rows_columns(rgb, self.train_dataset.cameras.width[:, 0]).to(self.device)
         bundle = self.train_ray_generator(indices)
         bundle.metadata[DEPTH_FRAME_KEY] = torch.full((len(indices), 1), -1, dtype=torch.long, device=self.device)
-        batch: Dict = {"image": colours.float().to(self.device) / 255.0, "indices": indices, "cell": cell}
+        colours = torch.from_numpy(rgb["rgb"].astype(np.float32) / 255.0)
+        batch: Dict = {"image": colours.to(self.device), "indices": indices, "cell": cell}
 
-        depth_store = self.depth_store()
-        if depth_store is not None:
+        if depth is not None:
             assert self._depth_ray_generator is not None and self._depth_appearance_index is not None
-            d_indices, distances = depth_store.sample(cell, self.config.train_num_depth_rays_per_batch, self._generator)
-            d_indices = d_indices.to(self.device)
+            assert self.depth_frames is not None
+            d_indices = pixel_rows_columns(depth, self.depth_frames.track.widths).to(self.device)
             depth_bundle = self._depth_ray_generator(d_indices)
             depth_bundle.metadata[DEPTH_FRAME_KEY] = d_indices[:, :1].clone()
             depth_bundle.camera_indices = self._depth_appearance_index.to(self.device)[d_indices[:, 0]][:, None]
             bundle = concat_bundles(bundle, depth_bundle)
-            batch["depth"] = distances.to(self.device)
+            batch["depth"] = torch.from_numpy(depth["depth"].astype(np.float32))[:, None].to(self.device)
         bundle.metadata[CELL_KEY] = torch.full((len(bundle), 1), cell, dtype=torch.long, device=self.device)
         return bundle, batch
 

@@ -28,7 +28,7 @@ from nerfstudio.utils import colormaps
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from async_nerf_ns.data.ray_keys import CELL_KEY
+from async_nerf_ns.data.ray_keys import CELL_KEY, PARTITION_KEY
 from async_nerf_ns.engine.optimizers import cell_group_name
 from async_nerf_ns.model.cells import Cell
 from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
@@ -48,26 +48,31 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     depth_loss_type: DepthLossKind = "log_l1"
     """Robust depth loss: l1 (scene units), log_l1 (relative error), huber."""
     depth_loss_warmup_steps: int = 500
-    """The depth loss weight ramps linearly from 0 over this many steps."""
+    """The depth loss weight ramps linearly from 0 over a cell's first this many steps."""
     depth_pose_optimizer: CameraOptimizerConfig = field(
         default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3")
     )
     """Per-depth-frame pose corrections for joint refinement (mode "off" disables stage 3)."""
     depth_pose_refine_start: int = 1000
-    """Step at which depth-frame pose corrections start being applied and optimised (stage 3)."""
+    """Stage 3: depth-frame pose corrections are applied and optimised on the steps of a cell after
+    it has had this many steps itself (each cell counts its own steps, as its schedules do)."""
+    huber_delta: float = 0.01
+    """With depth_loss_type huber: the error (scene units) where the loss turns from quadratic to linear."""
 
 
 class AsyncNerfModel(NerfactoModel):
     """Nerfacto over partition cells.
 
-    Extra setup kwargs: ``centroids`` (K,3), ``num_depth_frames``.
+    The cells' centroids and the number of depth frames come with the training dataset's metadata
+    (``metadata[PARTITION_KEY]``, set by the datamanager).
     """
 
     config: AsyncNerfModelConfig
 
     def populate_modules(self) -> None:
         Model.populate_modules(self)
-        centroids = self.kwargs.get("centroids")
+        partition = (self.kwargs.get("metadata") or {}).get(PARTITION_KEY, {})
+        centroids = partition.get("centroids")
         if centroids is None:
             centroids = torch.zeros(1, 3)
         self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32).clone())
@@ -79,9 +84,10 @@ class AsyncNerfModel(NerfactoModel):
             self.config.camera_optimizer,
             self.config.depth_pose_optimizer,
             num_rgb=self.num_train_data,
-            num_depth=int(self.kwargs.get("num_depth_frames", 0)),
+            num_depth=int(partition.get("num_depth_frames", 0)),
         )
         self._render_cell: Optional[int] = None
+        """The cell rendering the current training batch; set only inside `get_outputs` (see there)."""
         self._schedule_step = 0
         # Each cell runs nerfacto's step schedules (proposal update/anneal, depth warm-up) on its own
         # clock, as if it were trained alone: one proposal sampler per cell (the sampler keeps its
@@ -137,6 +143,9 @@ class AsyncNerfModel(NerfactoModel):
         """One training batch rendered by ``cell``: advance its clock and its sampler's schedules."""
         self.cells[cell].steps += 1
         self._schedule_step = int(self.cells[cell].steps)
+        # Stage 3 starts on the cell's own clock, like its schedules: a 4x4 grid does not start refining
+        # depth poses when each cell has had 1/16 of the start step.
+        self.camera_optimizer.depth_active = self._schedule_step > self.config.depth_pose_refine_start
         sampler = self.cell_samplers[cell]
         sampler.set_anneal(self._anneal(self._schedule_step))
         sampler.step_cb(self._schedule_step)
@@ -175,9 +184,15 @@ class AsyncNerfModel(NerfactoModel):
         return cell
 
     def get_outputs(self, ray_bundle: RayBundle):
-        self._render_cell = self._cell_of(ray_bundle)
-        if self._render_cell is not None:
-            self._tick(self._render_cell)
+        """NerfactoModel's rendering with the fields of the batch's cell (training) or all cells merged.
+
+        NerfactoModel.get_outputs reads ``self.field``, ``self.density_fns`` and ``self.proposal_sampler``;
+        those properties follow ``_render_cell``, which is set for the duration of this call only.
+        """
+        cell = self._cell_of(ray_bundle)
+        if cell is not None:
+            self._tick(cell)
+        self._render_cell = cell
         try:
             return super().get_outputs(ray_bundle)
         finally:
@@ -197,7 +212,6 @@ class AsyncNerfModel(NerfactoModel):
         # driven per cell in get_outputs (_tick).
         def set_stage(step: int) -> None:
             self.step = step
-            self.camera_optimizer.depth_active = step >= self.config.depth_pose_refine_start
 
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage, update_every_num_iters=1)]
 
@@ -220,7 +234,7 @@ class AsyncNerfModel(NerfactoModel):
         target = batch.get("depth")
         if self.training and target is not None and len(target) and self.config.depth_loss_mult > 0:
             predicted = outputs["expected_depth"][len(batch["image"]) :]
-            loss = depth_loss(predicted, target.to(predicted.device), self.config.depth_loss_type)
+            loss = depth_loss(predicted, target.to(predicted.device), self.config.depth_loss_type, self.config.huber_delta)
             loss_dict["depth_loss"] = self.depth_loss_weight() * loss
         return loss_dict
 

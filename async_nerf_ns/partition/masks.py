@@ -252,6 +252,32 @@ def image_rays(cameras: Cameras, index: int) -> Tuple[Float[Tensor, "H W 3"], Fl
     return bundle.origins, bundle.directions
 
 
+def image_cell_mask(
+    cameras: Cameras,
+    index: int,
+    centroids: Float[Tensor, "num_cells 3"],
+    config: PartitionConfig,
+    z_range: Tuple[float, float],
+    max_ray_length: float = math.inf,
+    near: float = 0.0,
+) -> Bool[Tensor, "H W num_cells"]:
+    """Cell membership of every pixel of image ``index`` (the rule of `ray_cell_membership`)."""
+    origins, directions = image_rays(cameras, index)
+    height, width = origins.shape[:2]
+    membership = ray_cell_membership(
+        origins.reshape(-1, 3),
+        directions.reshape(-1, 3),
+        centroids,
+        z_range,
+        config.boundary_margin,
+        config.samples_per_ray,
+        near=near,
+        far=max_ray_length,
+        chunk_rays=config.chunk_rays,
+    )
+    return membership.reshape(height, width, -1)
+
+
 def compute_cluster_masks(
     cameras: Cameras,
     centroids: Float[Tensor, "num_cells 3"],
@@ -282,20 +308,7 @@ def compute_cluster_masks(
     with Progress(*columns, disable=not show_progress) as progress:
         task = progress.add_task(description, total=len(cameras))
         for index in range(len(cameras)):
-            origins, directions = image_rays(cameras, index)
-            height, width = origins.shape[:2]
-            membership = ray_cell_membership(
-                origins.reshape(-1, 3),
-                directions.reshape(-1, 3),
-                centroids,
-                z_range,
-                config.boundary_margin,
-                config.samples_per_ray,
-                near=near,
-                far=max_ray_length,
-                chunk_rays=config.chunk_rays,
-            )
-            masks.append(membership.reshape(height, width, -1).cpu())
+            masks.append(image_cell_mask(cameras, index, centroids, config, z_range, max_ray_length, near).cpu())
             progress.advance(task)
     if show_progress and masks:
         seconds = time.perf_counter() - started

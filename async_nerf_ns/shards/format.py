@@ -1,0 +1,68 @@
+"""On-disk format of ray shards.
+
+A *shard set* is one folder ``<kind>-<key>/`` (kind ``rgb`` or ``depth``; key = hash of everything
+that decides its content) holding, per cell ``k``, chunk files ``cell_<k>/chunk_<c>.bin``: raw
+little-endian records, no header (``numpy.fromfile(path, dtype)``):
+
+- RGB record, 11 bytes: ``image`` uint32, ``pixel`` uint32 (row * W + column), ``rgb`` 3 x uint8;
+- depth record, 12 bytes: ``image`` uint32, ``pixel`` uint32, ``depth`` float32 (distance along the
+  ray, scene units).
+
+Records are shuffled when written (a shuffle buffer dealt over all of a cell's chunks), so every chunk
+is a random sample of the cell's pixels of all images. ``manifest.json`` is written last, atomically:
+a set without it is incomplete and never read. ``image_counts.npy`` (images x cells, uint32) says how
+many records each image gave each cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+
+FORMAT = "async-nerf-shards/1"
+MANIFEST = "manifest.json"
+IMAGE_COUNTS = "image_counts.npy"
+
+RGB_RECORD = np.dtype([("image", "<u4"), ("pixel", "<u4"), ("rgb", "u1", (3,))])
+DEPTH_RECORD = np.dtype([("image", "<u4"), ("pixel", "<u4"), ("depth", "<f4")])
+RECORDS = {"rgb": RGB_RECORD, "depth": DEPTH_RECORD}
+
+
+def cell_folder(shard_set: Path, cell: int) -> Path:
+    return Path(shard_set) / f"cell_{cell:03d}"
+
+
+def chunk_path(shard_set: Path, cell: int, chunk: int) -> Path:
+    return cell_folder(shard_set, cell) / f"chunk_{chunk:05d}.bin"
+
+
+def write_json_atomic(path: Path, content: Dict[str, Any]) -> None:
+    """``path`` is the old file or the complete new one, never half of it."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(content, stream, indent=1)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temp, path)
+
+
+class ShardSetError(ValueError):
+    """A shard set that cannot be read (missing, incomplete, damaged); the message names the folder."""
+
+
+def read_manifest(shard_set: Path) -> Dict[str, Any]:
+    path = Path(shard_set) / MANIFEST
+    if not path.is_file():
+        raise ShardSetError(f"{shard_set}: not a complete shard set (no {MANIFEST}; its writing was interrupted?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as error:
+        raise ShardSetError(f"{path}: unreadable ({error})") from error
+    if manifest.get("format") != FORMAT:
+        raise ShardSetError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
