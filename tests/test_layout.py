@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tyro
 from PIL import Image
 
+from async_nerf_ns.data.convert import ConvertConfig
 from async_nerf_ns.data.layout import (
+    DEPTH_DIR_PREFIXES,
+    DEPTH_EXTENSIONS,
+    LAYOUT_DOC,
+    RGB_EXTENSIONS,
+    RGB_METADATA_DIRS,
     LayoutError,
     LayoutWarning,
     load_depth_metres,
@@ -20,6 +27,8 @@ from async_nerf_ns.data.layout import (
     read_layout,
 )
 from layout_factory import first_file, metadata_path, rewrite_metadata, rgb_pose, write_tiny_layout
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def raises_naming(path: Path):
@@ -183,6 +192,50 @@ def test_missing_coordinates(tiny):
         read_layout(tiny.root)
 
 
+def convert_command(message: str) -> str:
+    """The `async-nerf-convert ...` command quoted in an error message."""
+    match = re.search(r"`(async-nerf-convert [^`]*)`", message)
+    assert match, f"no async-nerf-convert command in: {message}"
+    return match.group(1)
+
+
+def test_a_folder_without_coordinates_says_how_to_get_the_layout(tiny):
+    # A newcomer points --data at some folder: the error names the file it looked for and the two
+    # ways to a dataset, a converter command that really parses and a layout document in the repository.
+    (tiny.root / "coordinates.pt").unlink()
+    with pytest.raises(LayoutError) as caught:
+        read_layout(tiny.root)
+    message = str(caught.value)
+    assert message.startswith(f"{tiny.root / 'coordinates.pt'}: missing")
+    assert LAYOUT_DOC == "docs/DATA_LAYOUT.md" and LAYOUT_DOC in message
+    assert (REPOSITORY / LAYOUT_DOC).is_file()
+    command = convert_command(message)
+    args = command.replace("{opengl-enu,opencv-enu,drb}", "opencv-enu").split()[1:]
+    config = tyro.cli(ConvertConfig, args=args)
+    assert (config.raw, config.out, config.pose_convention) == (Path("RAW"), Path("DATA"), "opencv-enu")
+
+
+def test_a_raw_capture_given_as_data_gets_its_convert_command(tmp_path):
+    raw = tmp_path / "capture"
+    (raw / "rgb").mkdir(parents=True)
+    (raw / "rgb_poses").mkdir()
+    with raises_naming(raw / "coordinates.pt") as caught:
+        read_layout(raw)
+    assert "looks like a raw capture" in str(caught.value)
+    args = convert_command(str(caught.value)).split()
+    assert args[args.index("--raw") + 1] == str(raw)
+
+
+def test_the_layout_document_lists_every_name_the_reader_accepts():
+    # docs/DATA_LAYOUT.md is the contract: each file type and folder name the code takes appears in it.
+    doc = (REPOSITORY / LAYOUT_DOC).read_text()
+    names = [ext.lstrip(".") for ext in RGB_EXTENSIONS + DEPTH_EXTENSIONS] + list(RGB_METADATA_DIRS)
+    names += [f"{prefix}TRACK" for prefix in DEPTH_DIR_PREFIXES] + ["metadata_depth_TRACK", "pose_gt_rgb"]
+    names += ["origin_drb", "pose_scale_factor", "W", "H", "intrinsics", "c2w", "timestamp", "depth_scale"]
+    names += ['"ray"', '"planar"', '"z"']
+    assert [name for name in names if name not in doc] == []
+
+
 @pytest.mark.parametrize(
     "coordinates, problem",
     [
@@ -265,6 +318,21 @@ def test_wrongly_shaped_metadata(tiny, change, problem):
     path = metadata_path(tiny.root, index=3)
     rewrite_metadata(path, **change)
     with pytest.raises(LayoutError, match=rf"{re.escape(path.name)}: .*{problem}"):
+        read_layout(tiny.root)
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"depth_scale": 0.0}, "depth_scale must be one finite positive number"),
+        ({"depth_scale": [0.001, 0.001]}, "depth_scale must be one finite positive number"),
+        ({"depth_kind": "disparity"}, "depth_kind must be 'ray' or 'z'"),
+    ],
+)
+def test_bad_depth_metadata(tiny, change, problem):
+    path = metadata_path(tiny.root, folder="metadata_depth_lidar", index=1)
+    rewrite_metadata(path, **change)
+    with pytest.raises(LayoutError, match=rf"{re.escape(path.name)}: {problem}"):
         read_layout(tiny.root)
 
 

@@ -48,6 +48,7 @@ from async_nerf_ns.data.metadata_values import (
 __all__ = [
     "DEPTH_DIR_PREFIXES",
     "DEPTH_EXTENSIONS",
+    "LAYOUT_DOC",
     "MILLIMETRES",
     "RGB_EXTENSIONS",
     "RGB_METADATA_DIRS",
@@ -110,7 +111,7 @@ def _not_a_dataset(root: Path) -> str:
             "missing: every async-nerf dataset has coordinates.pt (origin_drb, pose_scale_factor) at its root. "
             "To get the layout, convert a raw capture (frames and poses named by timestamp) with"
         )
-    return f"{first} `{convert}`, or write the layout described in {LAYOUT_DOC} of the async-nerf repository"
+    return f"{first} `{convert}`; the layout is described in {LAYOUT_DOC} of the async-nerf repository"
 
 
 def _read_split(split_dir: Path, name: str) -> SplitLayout:
