@@ -42,7 +42,7 @@ from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
 DepthPoseSource = Literal["tpf", "prior", "gt"]
 
-UNUSED_OPTIONS = ("train_num_images_to_sample_from", "train_num_times_to_repeat_images", "patch_size", "pixel_sampler")
+UNUSED_OPTIONS = ("train_num_images_to_sample_from", "train_num_times_to_repeat_images", "patch_size")
 """VanillaDataManagerConfig options that training here does not use (it samples per-cell shards,
 not cached images): setting one is an error rather than silently ignored."""
 
@@ -51,9 +51,9 @@ not cached images): setting one is an error rather than silently ignored."""
 class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     """Per-cell ray shards of RGB and depth-frame pixels, one cell per step.
 
-    Of nerfstudio's options, train_num_images_to_sample_from, train_num_times_to_repeat_images,
-    patch_size and pixel_sampler do not apply to training (it samples whole cells from shards) and
-    are rejected when changed; the eval_* options keep their nerfstudio meaning."""
+    Of nerfstudio's options, train_num_images_to_sample_from, train_num_times_to_repeat_images and
+    patch_size do not apply (training samples whole cells from shards) and are rejected when changed;
+    the eval_* options and pixel_sampler (used for eval batches) keep their nerfstudio meaning."""
 
     _target: Type = field(default_factory=lambda: AsyncNerfDataManager)
     dataparser: AsyncNerfDataParserConfig = field(default_factory=AsyncNerfDataParserConfig)
