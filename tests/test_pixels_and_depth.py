@@ -1,33 +1,27 @@
-"""Training pixels per cell, planar-to-ray depth conversion, the depth loss and depth metrics."""
+"""Shard records as rays, planar-to-ray depth conversion, the depth loss and depth metrics."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from async_nerf_ns.data.depth_frames import planar_to_ray_factor
-from async_nerf_ns.data.pixel_store import PixelStore
+from async_nerf_ns.data.cell_shards import pixel_rows_columns
 from async_nerf_ns.evaluation import depth_errors
 from async_nerf_ns.model.depth_loss import depth_loss
+from async_nerf_ns.shards.format import RGB_RECORD
 
 
-def test_pixel_store_draws_only_from_the_cells_pixels_across_images_of_different_sizes():
-    # Image 0 is 2x3 (6 pixels), image 1 is 1x2 (2 pixels); values are the flat pixel number.
-    values = torch.arange(8, dtype=torch.float32)[:, None]
-    mask0 = torch.zeros(2, 3, 2, dtype=torch.bool)
-    mask0[1, 2, 0] = True  # image 0, row 1, column 2 -> flat 5, cell 0
-    mask0[:, :, 1] = True  # all of image 0 in cell 1
-    mask1 = torch.zeros(1, 2, 2, dtype=torch.bool)
-    mask1[0, 1, 0] = True  # image 1, row 0, column 1 -> flat 7, cell 0
-    store = PixelStore([3, 2], [2, 1], values, [mask0, mask1], valid=values[:, 0] != 4)
-    assert store.count(0) == 2 and store.count(1) == 5  # pixel 4 is invalid
-    indices, sampled = store.sample(0, 200, torch.Generator().manual_seed(0))
-    assert set(sampled[:, 0].tolist()) == {5.0, 7.0}
-    for (image, row, col), value in zip(indices.tolist(), sampled[:, 0].tolist()):
-        assert (image, row, col) == ((0, 1, 2) if value == 5.0 else (1, 0, 1))
-    assert store.locate(torch.tensor([0, 3, 6])).tolist() == [[0, 0, 0], [0, 1, 0], [1, 0, 0]]
+def test_shard_records_become_ray_indices_across_images_of_different_sizes():
+    # Image 0 is 3 px wide, image 1 is 2 px wide: pixel 5 of image 0 is row 1, column 2; pixel 1 of image 1
+    # is row 0, column 1.
+    records = np.zeros(3, dtype=RGB_RECORD)
+    records["image"], records["pixel"] = [0, 1, 0], [5, 1, 0]
+    indices = pixel_rows_columns(records, torch.tensor([3, 2]))
+    assert indices.tolist() == [[0, 1, 2], [1, 0, 1], [0, 0, 0]]
 
 
 def test_planar_depth_to_ray_distance_factor_at_pixel_centres():
