@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# One-shot GPU check: on a machine with an NVIDIA GPU, set up .venv, try to install tiny-cuda-nn,
+# generate the example town, train `async-nerf` briefly with tcnn fields and with torch fields,
+# evaluate both with ns-eval and print one table (s/step, val PSNR, depth RMSE per implementation).
+# Never needed by the tests or CI.
+#
+# Usage: bash examples/gpu_check.sh [options] [-- extra ns-train arguments]
+#   --steps N           training steps per run (default 500)
+#   --method NAME       ns-train method (default async-nerf, the GPU preset)
+#   --data DIR          dataset (default example_data/town, generated when it has no coordinates.pt)
+#   --out DIR           where runs, logs and the table go (default outputs/gpu_check)
+#   --no-setup          use .venv as it is (skip scripts/setup.sh)
+#   --no-tcnn-install   do not try to build tiny-cuda-nn (use it if it is already installed)
+#   --cpu-smoke         no GPU required: torch fields on the CPU, to check this script itself
+#                       (e.g. --cpu-smoke --method async-nerf-small --steps 5); figures are meaningless
+#   --dry-run           print the commands instead of running them (no GPU required)
+#
+# Exit status: 2 when there is no usable GPU (nvidia-smi missing or failing, or torch sees no CUDA),
+# 1 when a training or evaluation failed, 0 otherwise. A failed tiny-cuda-nn build is reported and
+# the check continues with torch fields only (exit 0): building it needs nvcc from a CUDA toolkit
+# that matches torch's CUDA version.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEPS=500
+METHOD=async-nerf
+DATA=example_data/town
+OUT=outputs/gpu_check
+SETUP=1
+TCNN_INSTALL=1
+CPU_SMOKE=0
+DRY_RUN=0
+EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --steps) STEPS=$2; shift 2 ;;
+    --method) METHOD=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --no-setup) SETUP=0; shift ;;
+    --no-tcnn-install) TCNN_INSTALL=0; shift ;;
+    --cpu-smoke) CPU_SMOKE=1; TCNN_INSTALL=0; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 64 ;;
+  esac
+done
+case "$STEPS" in ''|*[!0-9]*) echo "gpu_check: --steps needs a positive integer, got '$STEPS'" >&2; exit 64 ;; esac
+[ "$STEPS" -gt 0 ] || { echo "gpu_check: --steps needs a positive integer, got '$STEPS'" >&2; exit 64; }
+
+exec 3>&1  # the console, for commands echoed while their output goes to a log
+say() { echo "[gpu_check] $*"; }
+no_gpu() { echo "[gpu_check] FAILED: no usable GPU: $*" >&2; echo "[gpu_check] (--cpu-smoke checks this script without one)" >&2; exit 2; }
+run() {  # echo the command; run it unless --dry-run
+  echo "+ $*" >&3
+  [ "$DRY_RUN" = 1 ] || "$@"
+}
+
+# 1. The GPU, before anything slow.
+if [ "$CPU_SMOKE" = 0 ] && [ "$DRY_RUN" = 0 ]; then
+  command -v nvidia-smi >/dev/null 2>&1 || no_gpu "nvidia-smi is not on PATH (no NVIDIA driver)"
+  GPU_NAME=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1) \
+    || no_gpu "nvidia-smi fails: $GPU_NAME"
+  say "GPU: $GPU_NAME"
+fi
+
+# 2. The environment.
+if [ "$SETUP" = 1 ]; then
+  run bash scripts/setup.sh
+fi
+if [ "$DRY_RUN" = 0 ]; then
+  [ -x .venv/bin/python ] || { echo "[gpu_check] FAILED: no .venv (run without --no-setup)" >&2; exit 1; }
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  export PYTHONWARNINGS=ignore
+  if [ "$CPU_SMOKE" = 0 ]; then
+    python - <<'PY' || no_gpu "torch $(python -c 'import torch; print(torch.__version__)' 2>/dev/null) sees no CUDA device"
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(1)
+print(f"[gpu_check] torch {torch.__version__}, CUDA {torch.version.cuda}, device {torch.cuda.get_device_name(0)}")
+PY
+  fi
+fi
+mkdir -p "$OUT"
+LOGS=$OUT/logs
+mkdir -p "$LOGS"
+
+# 3. tiny-cuda-nn: a CUDA source build; it may fail (no nvcc, a CUDA toolkit that does not match torch).
+tcnn_importable() { [ "$DRY_RUN" = 0 ] && python -c "import tinycudann" >/dev/null 2>&1; }
+TCNN_STATUS="not tried (--no-tcnn-install)"
+if tcnn_importable; then
+  TCNN_STATUS="already installed"
+elif [ "$TCNN_INSTALL" = 1 ]; then
+  if ! command -v nvcc >/dev/null 2>&1 && [ "$DRY_RUN" = 0 ]; then
+    TCNN_STATUS="not installed: nvcc not found (install a CUDA toolkit matching torch's CUDA, then rerun)"
+  else
+    say "building tiny-cuda-nn (10-20 minutes; log: $LOGS/tcnn_install.log)"
+    # --no-build-isolation: its setup.py imports the torch it builds against (the venv's).
+    if [ "$DRY_RUN" = 1 ]; then
+      run pip install ninja
+      run pip install --no-build-isolation "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"
+      TCNN_STATUS="dry run"
+    elif { pip install ninja && pip install --no-build-isolation \
+             "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch"; } >"$LOGS/tcnn_install.log" 2>&1 \
+         && tcnn_importable; then
+      TCNN_STATUS="installed now"
+    else
+      TCNN_STATUS="build failed (see $LOGS/tcnn_install.log; last line: $(tail -n 1 "$LOGS/tcnn_install.log"))"
+    fi
+  fi
+fi
+say "tiny-cuda-nn: $TCNN_STATUS"
+IMPLEMENTATIONS=(torch)
+if tcnn_importable && [ "$CPU_SMOKE" = 0 ]; then
+  IMPLEMENTATIONS=(tcnn torch)
+elif [ "$DRY_RUN" = 1 ] && [ "$CPU_SMOKE" = 0 ]; then
+  IMPLEMENTATIONS=(tcnn torch)
+fi
+
+# 4. The example scene.
+if [ ! -f "$DATA/coordinates.pt" ]; then
+  run python -m examples.make_scene "$DATA"
+fi
+
+# 5. Train and evaluate each implementation.
+DEVICE_ARGS=()
+if [ "$CPU_SMOKE" = 1 ]; then
+  DEVICE_ARGS=(--machine.device-type cpu)
+fi
+FAILED=0
+RESULTS=()
+for impl in "${IMPLEMENTATIONS[@]}"; do
+  RUN_DIR=$OUT/runs/$METHOD/$impl
+  STATUS=ok
+  [ "$DRY_RUN" = 1 ] || rm -rf "$RUN_DIR"  # a rerun starts afresh (no old events in the timing)
+  say "training $METHOD with $impl fields, $STEPS steps (log: $LOGS/train_$impl.log)"
+  start=$(date +%s)
+  # Checkpoint, evaluations and the viewer off during the run: the timing is the training's own;
+  # nerfstudio still saves a checkpoint at the end, and ns-eval evaluates it.
+  if ! run ns-train "$METHOD" --data "$DATA" --output-dir "$OUT" --experiment-name runs \
+      --timestamp "$impl" --max-num-iterations "$STEPS" --vis tensorboard \
+      --steps-per-save 1000000 --steps-per-eval-batch 1000000 --steps-per-eval-image 1000000 \
+      --steps-per-eval-all-images 1000000 --pipeline.model.implementation "$impl" \
+      ${DEVICE_ARGS[@]+"${DEVICE_ARGS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} >"$LOGS/train_$impl.log" 2>&1; then
+    STATUS="ns-train failed: $(tail -n 1 "$LOGS/train_$impl.log")"
+  fi
+  TRAIN_S=$(( $(date +%s) - start ))
+  if [ "$STATUS" = ok ] && ! run ns-eval --load-config "$RUN_DIR/config.yml" --output-path "$RUN_DIR/eval.json" \
+      >"$LOGS/eval_$impl.log" 2>&1; then
+    STATUS="ns-eval failed: $(tail -n 1 "$LOGS/eval_$impl.log")"
+  fi
+  [ "$STATUS" = ok ] || { FAILED=1; say "$impl: $STATUS"; }
+  RESULTS+=("$impl|$RUN_DIR|$TRAIN_S|$STATUS")
+done
+
+if [ "$DRY_RUN" = 1 ]; then
+  say "dry run: nothing was run"
+  exit 0
+fi
+
+# 6. The table: s/step from the training log (nerfstudio's "Train Iter (time)", a 20-step running
+# average, median over the second half of the run so start-up and compilation are left out).
+python - "$OUT" "$STEPS" "$METHOD" "$TCNN_STATUS" "${RESULTS[@]}" <<'PY'
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+out, steps, method, tcnn_status, results = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+
+
+def seconds_per_step(run_dir: Path):
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        values = [e.value for e in events.Scalars("Train Iter (time)")]
+    except Exception:  # no events file, or no such tag
+        return None
+    return statistics.median(values[len(values) // 2 :]) if values else None
+
+
+device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke test, figures meaningless)"
+rows = []
+for entry in results:
+    impl, run_dir, train_s, status = entry.split("|", 3)
+    run_dir = Path(run_dir)
+    metrics = {}
+    if (run_dir / "eval.json").is_file():
+        metrics = json.loads((run_dir / "eval.json").read_text())["results"]
+    rows.append(
+        {
+            "implementation": impl,
+            "s_per_step": seconds_per_step(run_dir),
+            "train_wall_s": int(train_s),
+            "val_psnr": metrics.get("psnr"),
+            "depth_rmse_m": metrics.get("depth_rmse_m"),
+            "status": status,
+            "run_dir": str(run_dir),
+        }
+    )
+
+
+def cell(value, fmt):
+    return "n/a" if value is None else format(value, fmt)
+
+
+lines = [
+    f"GPU check: {method}, {steps} steps per run, on {device}; torch {torch.__version__} (CUDA {torch.version.cuda})",
+    f"tiny-cuda-nn: {tcnn_status}",
+    "",
+    "| implementation | s/step | ns-train wall (s) | val PSNR (dB) | depth RMSE (m) | status |",
+    "|---|---:|---:|---:|---:|---|",
+]
+for row in rows:
+    lines.append(
+        f"| {row['implementation']} | {cell(row['s_per_step'], '.4f')} | {row['train_wall_s']} | "
+        f"{cell(row['val_psnr'], '.2f')} | {cell(row['depth_rmse_m'], '.2f')} | {row['status']} |"
+    )
+if not any(row["implementation"] == "tcnn" for row in rows):
+    lines.append("| tcnn | n/a | n/a | n/a | n/a | not run: tiny-cuda-nn is not importable |")
+table = "\n".join(lines)
+print("\n" + table)
+(out / "gpu_check.md").write_text(table + "\n")
+(out / "gpu_check.json").write_text(
+    json.dumps({"method": method, "steps": steps, "device": device, "tcnn": tcnn_status, "rows": rows}, indent=2)
+)
+print(f"\n(written to {out / 'gpu_check.md'} and {out / 'gpu_check.json'})")
+PY
+
+if [ "$FAILED" = 1 ]; then
+  echo "[gpu_check] FAILED: a training or evaluation failed; logs in $LOGS" >&2
+  exit 1
+fi
