@@ -88,6 +88,9 @@ class Cell(nn.Module):
         self._num_iterations = config.num_proposal_iterations
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         """Training batches this cell has rendered: its own clock for nerfacto's step schedules."""
+        self.register_buffer("proposal_steps_since_update", torch.zeros((), dtype=torch.long))
+        """The proposal sampler's count of steps since its networks were last updated: saved with the
+        cell so that a resumed run updates them on the same steps as an uninterrupted one."""
 
     @property
     def density_fns(self) -> List[Callable]:

@@ -147,6 +147,7 @@ class AsyncNerfModel(NerfactoModel):
         # depth poses when each cell has had 1/16 of the start step.
         self.camera_optimizer.depth_active = self._schedule_step > self.config.depth_pose_refine_start
         sampler = self.cell_samplers[cell]
+        sampler._steps_since_update = int(self.cells[cell].proposal_steps_since_update)
         sampler.set_anneal(self._anneal(self._schedule_step))
         sampler.step_cb(self._schedule_step)
 
@@ -194,9 +195,12 @@ class AsyncNerfModel(NerfactoModel):
             self._tick(cell)
         self._render_cell = cell
         try:
-            return super().get_outputs(ray_bundle)
+            outputs = super().get_outputs(ray_bundle)
         finally:
             self._render_cell = None
+        if cell is not None:
+            self.cells[cell].proposal_steps_since_update.fill_(self.cell_samplers[cell]._steps_since_update)
+        return outputs
 
     # --- parameters and schedule ---------------------------------------------------------------
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
