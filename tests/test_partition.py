@@ -1,14 +1,12 @@
-"""The Mega-NeRF partition (async_nerf_ns/partition, scripts/partition.py): centroids, routing, masks, cache, CLI."""
+"""The Mega-NeRF partition (async_nerf_ns/partition): centroids, routing, masks, cache (the command: test_shards.py)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-import tyro
 from nerfstudio.cameras.cameras import Cameras
 from scipy.spatial.transform import Rotation
 
@@ -294,56 +292,3 @@ def test_cache_reuses_masks_and_recomputes_when_inputs_change(tmp_path, monkeypa
     cached_cluster_masks(tmp_path, moved, TWO_CENTROIDS, config, BAND, show_progress=False)
     assert len(calls) == 3  # a changed margin and a changed pose each computed anew
     assert len(list(tmp_path.glob("cluster_masks-*.npz"))) == 3
-
-
-# ---------------------------------------------------------------------------------------------
-# The console command on a tiny dataset (tests/layout_factory.py)
-
-
-def test_partition_command_on_the_tiny_layout(tmp_path):
-    from async_nerf_ns.scripts.partition import PartitionCommand
-    from layout_factory import write_tiny_layout
-
-    # The tiny layout: 6 RGB cameras 8x6 px (fx 10, fy 11) at world x = -0.6 + 0.2 i, y = -0.1, z = 0.5,
-    # looking straight down; 3 depth frames 4x3 px (fx 5, fy 5.5) with prior poses = RGB cameras 0, 1, 2
-    # and true poses halfway between RGB cameras (x = -0.5, -0.3, -0.1); origin_drb x = 100 m, 50 m/unit.
-    write_tiny_layout(tmp_path / "data")
-    out = tmp_path / "out"
-    args = [str(tmp_path / "data"), "--output", str(out), "--grid-dim", "2", "1"]
-    summary = tyro.cli(PartitionCommand, args=args).main()
-
-    # Centroids at x = -0.35, 0.15 (2 cells over [-0.6, 0.4]); band from 0.5 x extent (1.0) below the
-    # cameras up to them: z in [0, 0.5] = altitude (-100 m, -75 m). DRB of world (x, y, z) is (-z, x, -y).
-    assert summary["altitude_range_m"] == pytest.approx([-100.0, -75.0], abs=1e-4)
-    assert [c["centroid_drb"] for c in summary["cells"]] == [
-        pytest.approx([-0.25, -0.35, 0.1], abs=1e-6),
-        pytest.approx([-0.25, 0.15, 0.1], abs=1e-6),
-    ]
-    # Rays run from the camera (top of the band) 0.5 down, moving x by 0.05 per column off centre
-    # ((u + 0.5 - 4) / 10 * 0.5): footprints span x +- 0.175 around each camera. Cameras 0, 1 (x = -0.6,
-    # -0.4) stay in cell 0 and cameras 4, 5 in cell 1. Camera 2 (x = -0.2) reaches cell 1's margin
-    # (x >= -0.117 on the centre line) with its last 2 columns (ending at -0.075, -0.025): 12 px; camera 3
-    # (x = 0) reaches cell 0's with its first 2 columns (ending at -0.175, -0.125): 12 px.
-    # So each cell: 4 images, 48 + 48 + 48 + 12 = 156 px.
-    assert [c["rgb_images"] for c in summary["cells"]] == [4, 4]
-    assert [c["rgb_pixels"] for c in summary["cells"]] == [156, 156]
-    # Depth at prior poses (x = -0.6, -0.4, -0.2), columns moving x by +-0.15, +-0.05: only the last column
-    # of the frame at -0.2 (ending at -0.05) reaches cell 1: 3 px; cell 0 sees all 3 frames (36 px).
-    assert [c["depth_pixels"] for c in summary["cells"]] == [36, 3]
-    assert [c["depth_frames"] for c in summary["cells"]] == [3, 1]
-
-    # The files: one mask per frame, which add up to the counts above.
-    rgb_files = sorted((out / "masks" / "rgb").glob("*.npz"))
-    depth_files = sorted((out / "masks" / "depth_lidar").glob("*.npz"))
-    assert len(rgb_files) == 6 and len(depth_files) == 3
-    assert sum(load_mask(p).sum(dim=(0, 1)) for p in rgb_files).tolist() == [156, 156]
-    assert load_mask(depth_files[0]).shape == (3, 4, 2)
-    assert json.loads((out / "partition.json").read_text())["cells"] == summary["cells"]
-    assert (out / "partition.png").stat().st_size > 10_000
-
-    # Without --overwrite an existing output is kept; with true poses the frame at x = -0.1 sits on the
-    # cells' border (ratio 1): all its 12 px are in both cells -> depth pixels 36 and 12.
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        tyro.cli(PartitionCommand, args=args).main()
-    summary = tyro.cli(PartitionCommand, args=[*args, "--depth-poses", "gt", "--overwrite"]).main()
-    assert [c["depth_pixels"] for c in summary["cells"]] == [36, 12]
