@@ -19,7 +19,7 @@ if ! python -c "import nerfstudio, torchvision" >/dev/null 2>&1; then
   # torch and torchvision first and together: a torchvision from another torch build fails to import.
   pip install --quiet torch==2.14.1 torchvision==0.29.1
 fi
-pip install --quiet -e ".[test]"
+pip install --quiet -e ".[test,ray]"
 
 # ns-render writes videos through mediapy, which runs an `ffmpeg` binary. Use the system one if
 # there is one, else the static binary shipped in the imageio-ffmpeg wheel.
