@@ -181,7 +181,7 @@ class AsyncNerfPipeline(VanillaPipeline):
         if current is not None and torch.equal(current.shape_info.cpu(), state["shape_info"].cpu()):
             current.load_state_dict(state, strict=True)
             return current
-        return FittedTPF.from_state_dict(self.config.tpf, state)
+        return FittedTPF.from_state_dict(self.config.datamanager.tpf, state)
 
     def load_state_dict(self, state_dict, strict: Optional[bool] = True):  # type: ignore[override]
         """Always strict: a checkpoint that does not match (a missing cell, renamed keys) is an error,
