@@ -27,4 +27,16 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   ln -sf "$(python -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" "$VENV/bin/ffmpeg"
 fi
 ffmpeg -version >/dev/null && echo "[setup] ffmpeg: $(command -v ffmpeg)"
+
+# ns-export imports open3d, whose wheel links against the system's libusb-1.0 (absent on a fresh
+# Debian/Ubuntu machine). Install it when open3d cannot be imported and we may use apt.
+if ! python -c "import open3d" >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing libusb-1.0-0 for open3d (ns-export)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0) >/dev/null
+  else
+    echo "[setup] WARNING: open3d does not import (missing libusb-1.0?): ns-export will not work; install libusb-1.0-0"
+  fi
+fi
+python -c "import open3d" >/dev/null 2>&1 && echo "[setup] open3d imports (ns-export)"
 python -c "import async_nerf_ns; from importlib.metadata import version; print('[setup] async_nerf_ns ready, nerfstudio', version('nerfstudio'))"
