@@ -285,6 +285,9 @@ def _pose_gt_files(split_dir: Path, track: str, frames: Dict[str, Path], frames_
     return poses
 
 
+# ---------------------------------------------------------------------------------------------
+# Times across frames
+
 
 def _check_unique_times(times: List[float], paths: List[Path]) -> None:
     """`times` sorted; two equal neighbours are a duplicate."""
