@@ -12,7 +12,7 @@ from nerfstudio.data.scene_box import SceneBox
 from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.model.merged import MergedDensityFn, MergedField
-from async_nerf_ns.data.ray_keys import PARTITION_KEY
+from async_nerf_ns.data.ray_keys import DATA_SETUP_KEY
 from async_nerf_ns.model.model import AsyncNerfModel
 from async_nerf_ns.partition.routing import route_to_cells
 
@@ -28,7 +28,7 @@ def model() -> AsyncNerfModel:
     model = config.setup(
         scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])),
         num_train_data=NUM_IMAGES,
-        metadata={PARTITION_KEY: {"centroids": CENTROIDS, "num_depth_frames": 3}},
+        metadata={DATA_SETUP_KEY: {"centroids": CENTROIDS, "num_depth_frames": 3}},
         device="cpu",
     )
     # Different random weights per cell, so that routing to the wrong cell would show.

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from scipy.spatial.transform import Rotation
 
-from async_nerf_ns.partition import masks as masks_module
-from async_nerf_ns.partition.cache import cached_cluster_masks, cluster_mask_cache_key
+from async_nerf_ns.partition.cache import cluster_mask_cache_key
 from async_nerf_ns.partition.centroids import grid_centroids
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import altitude_to_world_z, resolve_geometry, world_z_to_altitude
 from async_nerf_ns.partition.masks import compute_cluster_masks, image_rays, ray_band_segments, ray_cell_membership
 from async_nerf_ns.partition.routing import route_to_cells
-from async_nerf_ns.partition.storage import load_mask, load_masks, pack_mask, save_mask, save_masks, unpack_mask
 
 TWO_CENTROIDS = torch.tensor([[-1.0, 0.0, 0.5], [1.0, 0.0, 0.5]])
 """Cells 0 and 1 on the ground plane at x = -1 and x = +1 (their z plays no part)."""
@@ -239,56 +236,19 @@ def test_config_rejects_a_margin_below_one():
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage and cache
+# The key of the masks (part of every shard set's key)
 
 
-def test_packed_masks_round_trip_exactly(tmp_path):
-    # Sizes whose bit count is not a multiple of 8 (3*5*3 = 45 bits -> 6 bytes), so the padding is exercised.
-    generator = torch.Generator().manual_seed(0)
-    masks = [torch.rand(3, 5, 3, generator=generator) > 0.5, torch.rand(7, 2, 4, generator=generator) > 0.3]
-    bits, shape = pack_mask(masks[0])
-    assert bits.dtype == np.uint8 and bits.size == 6 and shape == (3, 5, 3)
-    assert torch.equal(unpack_mask(bits, shape), masks[0])
-    save_masks(tmp_path / "all.npz", masks)
-    assert all(torch.equal(a, b) for a, b in zip(load_masks(tmp_path / "all.npz"), masks))
-    save_mask(tmp_path / "one.npz", masks[1])
-    assert torch.equal(load_mask(tmp_path / "one.npz"), masks[1])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.npz", "one.npz"]  # no temp files left
-    (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="broken.npz"):
-        load_masks(tmp_path / "broken.npz")
-
-
-def test_cache_reuses_masks_and_recomputes_when_inputs_change(tmp_path, monkeypatch):
+def test_mask_key_changes_with_what_decides_the_masks_only():
     cameras = looking_down_cameras([0.0, -1.5])
     config = PartitionConfig(grid_dim=(2, 1), samples_per_ray=16)
-    calls = []
-    real_compute = masks_module.compute_cluster_masks
-
-    def counting_compute(*args, **kwargs):
-        calls.append(kwargs)
-        return real_compute(*args, **kwargs)
-
-    monkeypatch.setattr(masks_module, "compute_cluster_masks", counting_compute)
-    first = cached_cluster_masks(tmp_path, cameras, TWO_CENTROIDS, config, BAND, show_progress=False)
-    assert len(calls) == 1 and len(list(tmp_path.glob("cluster_masks-*.npz"))) == 1
-
-    def must_not_compute(*args, **kwargs):
-        raise AssertionError("the cache should have been used")
-
-    monkeypatch.setattr(masks_module, "compute_cluster_masks", must_not_compute)
-    again = cached_cluster_masks(tmp_path, cameras, TWO_CENTROIDS, config, BAND, show_progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    key = cluster_mask_cache_key(cameras, TWO_CENTROIDS, config, BAND)
     # chunk_rays does not change the result, so it does not change the key either.
     same = PartitionConfig(grid_dim=(2, 1), samples_per_ray=16, chunk_rays=3)
-    assert cluster_mask_cache_key(cameras, TWO_CENTROIDS, same, BAND) == cluster_mask_cache_key(
-        cameras, TWO_CENTROIDS, config, BAND
-    )
-
-    monkeypatch.setattr(masks_module, "compute_cluster_masks", counting_compute)
+    assert cluster_mask_cache_key(cameras, TWO_CENTROIDS, same, BAND) == key
     wider = PartitionConfig(grid_dim=(2, 1), samples_per_ray=16, boundary_margin=1.7)
-    cached_cluster_masks(tmp_path, cameras, TWO_CENTROIDS, wider, BAND, show_progress=False)
+    assert cluster_mask_cache_key(cameras, TWO_CENTROIDS, wider, BAND) != key
     moved = looking_down_cameras([0.0, -1.4])
-    cached_cluster_masks(tmp_path, moved, TWO_CENTROIDS, config, BAND, show_progress=False)
-    assert len(calls) == 3  # a changed margin and a changed pose each computed anew
-    assert len(list(tmp_path.glob("cluster_masks-*.npz"))) == 3
+    assert cluster_mask_cache_key(moved, TWO_CENTROIDS, config, BAND) != key
+    more_samples = PartitionConfig(grid_dim=(2, 1), samples_per_ray=17)
+    assert cluster_mask_cache_key(cameras, TWO_CENTROIDS, more_samples, BAND) != key

@@ -33,7 +33,7 @@ from async_nerf_ns.data.cell_sampler import CellRaySampler
 from async_nerf_ns.data.cell_shards import ShardConfig, pixel_rows_columns, write_depth_shards, write_rgb_shards
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
 from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
-from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY, PARTITION_KEY
+from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY, DATA_SETUP_KEY
 from async_nerf_ns.data.scene_metadata import DepthTrackData
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
@@ -142,9 +142,10 @@ class AsyncNerfDataManager(VanillaDataManager):
                     self.cache_folder("stage1"), scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), config.tpf
                 )
             self.set_depth_poses(self.depth_poses(self.depth_track, config.depth_poses, self.stage1.tpf))
-        self.train_dataset.metadata[PARTITION_KEY] = {
+        self.train_dataset.metadata[DATA_SETUP_KEY] = {
             "centroids": self.geometry.centroids,
             "num_depth_frames": 0 if self.depth_track is None else len(self.depth_track),
+            "depth_poses": config.depth_poses,
         }
 
     @property

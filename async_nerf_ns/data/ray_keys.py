@@ -5,6 +5,7 @@ CELL_KEY = "cell"
 DEPTH_FRAME_KEY = "depth_frame"
 """(R, 1) long: index of the depth frame a ray comes from, -1 for RGB rays."""
 
-PARTITION_KEY = "async_nerf_partition"
+DATA_SETUP_KEY = "async_nerf_setup"
 """Key in the training dataset's metadata (which nerfstudio hands to the model) of a dict with the
-cells' ``centroids`` (K, 3) and ``num_depth_frames``; set by the datamanager."""
+cells' ``centroids`` (K, 3), ``num_depth_frames`` and ``depth_poses`` (their source); set by the
+datamanager."""
