@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import pytest
 
@@ -22,12 +22,25 @@ def example_scene(tmp_path_factory) -> Path:
     return generate_scene(tmp_path_factory.mktemp("example") / "scene", E2E_SPEC)
 
 
-def run_command(args: List[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Runs a console command of the venv (ns-train, ns-eval, ...) as a user would; fails with its output."""
+def venv_env(threads: Optional[int] = None) -> dict:
+    """The environment of a user of the venv: its bin/ first on PATH (ffmpeg for ns-render); with
+    ``threads``, torch's thread count (one thread makes CPU training bit-reproducible)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONWARNINGS": "ignore"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def run_command(
+    args: List[str], cwd: Path, timeout: float = 900, threads: Optional[int] = None, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """Runs a console command of the venv (ns-train, ns-eval, ...) as a user would; fails with its output.
+    ``prefix``: a command that runs it (e.g. as another user)."""
+    bin_dir = Path(sys.executable).parent
     result = subprocess.run(
-        [str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [*prefix, str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=venv_env(threads), capture_output=True, text=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
         raise AssertionError(

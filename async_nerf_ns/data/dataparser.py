@@ -12,9 +12,7 @@ datamanager, model or method config.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Type
@@ -29,6 +27,7 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from async_nerf_ns.data.cache_dir import cache_dir
 from async_nerf_ns.data.layout import DatasetLayout, LayoutError, RgbFrame, load_rgb, read_layout
 from async_nerf_ns.data.scene_metadata import (
     DRB_TO_WORLD,
@@ -57,8 +56,9 @@ class AsyncNerfDataParserConfig(DataParserConfig):
     """Half the edge of the axis-aligned scene box, in scene units. The layout normalises camera
     positions to about [-1, 1], so the default leaves half a unit of room around them."""
     cache_dir: Optional[Path] = None
-    """Where resized or converted copies of RGB files go (the dataset is never modified).
-    Default: DATA/.async_nerf_cache, or a temporary folder when DATA is read-only."""
+    """Where derived files go: resized or converted copies of RGB files, the stage-1 time-pose function
+    and (unless --pipeline.datamanager.shards.shard-dir says otherwise) the ray shards; the dataset is
+    never modified. Default: DATA/.async_nerf_cache, or a temporary folder when DATA is read-only."""
 
 
 class AsyncNerfDataParser(DataParser):
@@ -142,19 +142,7 @@ class AsyncNerfDataParser(DataParser):
         return [copies.get(frame.image_path, frame.image_path) for frame in frames]
 
     def _cache_dir(self) -> Path:
-        preferred = self.config.cache_dir or Path(self.config.data) / ".async_nerf_cache"
-        target = preferred / "rgb_resized"
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=target)
-            probe.close()
-            return target
-        except OSError:
-            key = hashlib.sha1(str(Path(self.config.data).resolve()).encode()).hexdigest()[:12]
-            fallback = Path(tempfile.gettempdir()) / "async_nerf_cache" / key / "rgb_resized"
-            fallback.mkdir(parents=True, exist_ok=True)
-            CONSOLE.print(f"async-nerf-data: {preferred} is not writable, using {fallback}")
-            return fallback
+        return cache_dir(Path(self.config.data), self.config.cache_dir, "rgb_resized")
 
 
 def _resized_copy(frame: RgbFrame, cache: Path) -> Path:
