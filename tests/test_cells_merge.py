@@ -145,6 +145,7 @@ def test_two_runs_of_two_cells_merge_into_a_run_that_ns_eval_loads(example_scene
                 "--logging.local-writer.enable", "False",
                 # stage 3 from step 10, so that both runs move depth-frame corrections and the TPF
                 "--pipeline.model.depth-pose-refine-start", "10",
+                "--pipeline.model.refine-accurate-depth-poses", "True",
                 "--pipeline.finetune-tpf", "True",
             ],
             cwd=tmp_path,
