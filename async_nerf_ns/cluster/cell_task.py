@@ -200,7 +200,7 @@ def _train_cell(
     _append_attempt(
         folder,
         {"attempt": attempt, "pid": pid, "host": host, "start_step": start_step, "device": device,
-         "threads": threads, "time": time.strftime("%Y-%m-%d %H:%M:%S")},
+         "threads": threads, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "unix_time": time.time()},
     )
     last_step = config.max_num_iterations - 1
 
@@ -227,6 +227,7 @@ def _train_cell(
         "start_step": start_step,
         "seconds": time.perf_counter() - started,
         "train_psnr": float(np.mean(psnr)) if psnr else None,
+        "finished_unix_time": time.time(),
         "device": device,
         "host": host,
     }
