@@ -222,10 +222,16 @@ class TrainCells:
                 for ref in ready:
                     k = refs[ref]
                     try:
-                        ray.get(ref)
+                        record = ray.get(ref)
                     except Exception as error:  # RayTaskError (Python error), WorkerCrashedError (retries used up)
                         failed[k] = _first_line(error)
                         CONSOLE.print(f"[red]cell {k} failed: {failed[k]}")
+                        continue
+                    if not (cell_dir(run_dir, k) / DONE).is_file():
+                        failed[k] = (
+                            f"finished on {record['host']}, but its {DONE} is not in {cell_dir(run_dir, k)} here: "
+                            "the run folder must be on storage every node mounts at the same path"
+                        )
                 monitor.update(failed)
         return failed
 
