@@ -71,12 +71,13 @@ def run_row(row: str, scene: str, iterations: int, output: str, threads: Optiona
     pipeline = config.pipeline
     if row not in ("4", "6", "7"):
         pipeline.model.depth_pose_optimizer = CameraOptimizerConfig(mode="off")
+    pipeline.model.refine_accurate_depth_poses = row in ("4", "6")  # rows that refine TPF poses on purpose
     pipeline.finetune_tpf = row == "6"
     if row == "1":
         pipeline.datamanager.train_num_depth_rays_per_batch = 0
-        pipeline.depth_poses = "prior"  # no depth is trained: skip the TPF fit
+        pipeline.datamanager.depth_poses = "prior"  # no depth is trained: skip the TPF fit
     else:
-        pipeline.depth_poses = {"2": "prior", "3": "tpf", "4": "tpf", "5": "gt", "6": "tpf", "7": "prior"}[row]
+        pipeline.datamanager.depth_poses = {"2": "prior", "3": "tpf", "4": "tpf", "5": "gt", "6": "tpf", "7": "prior"}[row]
     names = {"1": "rgb-only", "2": "prior", "3": "tpf", "4": "tpf-refine", "5": "gt", "6": "tpf-refine-finetune", "7": "prior-refine"}
     name = f"depth-{row}-{names[row]}"
     return bc.train_in_process(config, Path(scene), iterations, Path(output), name=name)  # type: ignore[return-value]

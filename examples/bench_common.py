@@ -14,8 +14,8 @@ How the numbers are measured (read the tables with this in mind):
 - **s/iter** = wall time of ``trainer.train()`` divided by the iterations, minus the time spent
   writing the final checkpoint. Set-up is excluded and reported separately as **set-up s**:
   building the datasets and model, for async-nerf the stage-1 time-pose-function fit, and the
-  cluster masks plus training pixels (which async-nerf otherwise builds lazily on the first
-  step; the harness builds them before the clock starts). Every run uses its own empty cache
+  ray shards (which async-nerf otherwise writes on the first step; the harness writes them
+  before the clock starts). Every run uses its own empty cache
   folder, so cluster masks are computed, never read from an earlier run's cache.
 - **rays/s** = rays per training step (RGB + depth rays) / s/iter.
 - **val PSNR / SSIM / LPIPS** = ``pipeline.get_average_eval_image_metrics()`` over all val RGB
@@ -88,7 +88,8 @@ def small_preset(iterations: int):
 
     config = async_nerf_small_config()
     model = config.pipeline.model
-    model.depth_pose_refine_start = max(1, iterations // 2)
+    # Per-cell steps (the small preset's 2x2 grid): stage 3 from the middle of each cell's share.
+    model.depth_pose_refine_start = max(1, iterations // 8)
     model.depth_loss_warmup_steps = max(1, iterations // 10)
     model.proposal_warmup = max(1, iterations // 4)
     config.optimizers = optimizer_templates(field_steps=iterations, camera_steps=iterations)
@@ -229,11 +230,9 @@ def train_in_process(
     trainer.setup()
     prepare_s = 0.0
     datamanager = trainer.pipeline.datamanager
-    if hasattr(datamanager, "rgb_store"):  # async-nerf builds masks and pixels on the first step
+    if hasattr(datamanager, "write_shards"):  # async-nerf writes its ray shards on the first step
         prepare_started = time.perf_counter()
-        datamanager.rgb_store()
-        if hasattr(datamanager, "depth_store"):
-            datamanager.depth_store()
+        datamanager.train_pixel_sampler  # noqa: B018 (writes or opens the shards)
         prepare_s = time.perf_counter() - prepare_started
     queue = getattr(datamanager, "data_queue", None)
     if queue is not None:  # ParallelDataManager: its worker's start-up (spawn, image caching) is set-up too

@@ -4,7 +4,7 @@
                                        [--scene example_data/town] [--output bench_out/partition]
 
 Every grid is the ``async-nerf-small`` preset (384 RGB + 128 depth rays per step, TPF depth
-poses) with only ``pipeline.partition.grid_dim`` changed, trained for the same total number of
+poses) with only ``pipeline.datamanager.partition.grid_dim`` changed, trained for the same total number of
 iterations in a fresh process each. Each step trains one cell (round-robin), so a KxK grid gives
 every cell iterations/K^2 steps; the rays per step do not change with the grid.
 
@@ -55,8 +55,8 @@ def run_row(grid: List[int], scene: str, iterations: int, output: str, threads: 
     """One grid, trained and evaluated in the calling process; render speed in ``extras``."""
     bc.set_threads(threads)
     config = bc.small_preset(iterations)
-    partition = config.pipeline.partition
-    config.pipeline.partition = dataclasses.replace(partition, grid_dim=(int(grid[0]), int(grid[1])))
+    partition = config.pipeline.datamanager.partition
+    config.pipeline.datamanager.partition = dataclasses.replace(partition, grid_dim=(int(grid[0]), int(grid[1])))
 
     def render_speed(trainer) -> Dict[str, Any]:
         pipeline = trainer.pipeline
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="only (iv), the mask timing")
     args = bc.resolve_common(parser.parse_args())
     grids = [parse_grid(g) for g in args.grids]
-    samples = bc.small_preset(args.iterations).pipeline.partition.samples_per_ray
+    samples = bc.small_preset(args.iterations).pipeline.datamanager.partition.samples_per_ray
 
     rows: List[Dict[str, Any]] = []
     if not args.skip_training:

@@ -1,13 +1,17 @@
-"""End to end through the real commands, as a user runs them: ns-train, ns-eval, ns-render, ns-viewer.
+"""End to end through the real commands, as a user runs them: ns-train, ns-eval, ns-render, ns-viewer,
+ns-export, and a training run killed with SIGKILL and resumed with --load-dir.
 
 One training run of the small preset on a generated scene (2x2 cells, one asynchronous depth
-track); every test below reads its checkpoint, so a checkpoint that cannot be loaded back (the
-nerfstudio 1.1.5 + torch >= 2.6 trap) fails them all.
+track, an all-images evaluation through the tensorboard writer at step 300); every test below reads
+its checkpoint, so a checkpoint that cannot be loaded back (the nerfstudio 1.1.5 + torch >= 2.6 trap)
+fails them all.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,29 +23,45 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_command
+import torch
+
+from conftest import run_command, venv_env
 
 ITERATIONS = 400
+EVAL_ALL_AT = 300
+RESUME_TOLERANCE = 0.0
+"""Exact: measured max abs difference 0.0 over every weight between resumed and uninterrupted runs
+(one thread; 80 and 400 steps)."""
+GROUND_BELOW_CAMERAS = 0.2
+"""Scene units: the exported points' median height lies 0.39 below the lowest camera (measured; the
+drone flies 52-78 m over the town); a field that learned no geometry puts them around the cameras."""
+STAGE_3_CELL_STEPS = 50
+"""Stage 3 starts after a cell's 50th step: with 4 cells round-robin, from global step 200."""
+
+
+def _train_args(scene: Path, out: Path, timestamp: str):
+    return [
+        "ns-train", "async-nerf-small",
+        "--data", str(scene),
+        "--output-dir", str(out),
+        "--experiment-name", "e2e",
+        "--timestamp", timestamp,
+        "--max-num-iterations", str(ITERATIONS),
+        "--steps-per-save", "100",
+        "--steps-per-eval-all-images", str(EVAL_ALL_AT),
+        "--logging.local-writer.enable", "False",
+        "--pipeline.model.depth-pose-refine-start", str(STAGE_3_CELL_STEPS),
+        "--pipeline.finetune-tpf", "True",
+        "--pipeline.model.refine-accurate-depth-poses", "True",
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained_config(example_scene: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    run_command(
-        [
-            "ns-train", "async-nerf-small",
-            "--data", str(example_scene),
-            "--output-dir", str(out),
-            "--experiment-name", "e2e",
-            "--timestamp", "run",
-            "--max-num-iterations", str(ITERATIONS),
-            "--steps-per-save", "100",
-            "--logging.local-writer.enable", "False",
-            "--pipeline.model.depth-pose-refine-start", str(ITERATIONS // 2),
-            "--pipeline.finetune-tpf", "True",
-        ],
-        cwd=out,
-    )
+    # One torch thread: with two, CPU training is not bit-reproducible (two identical 80-step runs
+    # differed by up to 0.026 in a hash table), and the resume test compares weights exactly.
+    run_command(_train_args(example_scene, out, "run"), cwd=out, threads=1)
     config = out / "e2e" / "async-nerf-small" / "run" / "config.yml"
     assert config.exists(), f"ns-train wrote no {config}"
     return config
@@ -65,23 +85,27 @@ def test_eval_reports_image_metrics_well_above_a_constant_image(trained_config: 
     run_command(["ns-eval", "--load-config", str(trained_config), "--output-path", str(output)], cwd=tmp_path)
     results = json.loads(output.read_text())["results"]
     baseline = _mean_colour_psnr(example_scene)
-    # 400 steps shared by 4 cells (100 each): measured 22.7 dB on val frames, against 15.6 dB for the
+    # 400 steps shared by 4 cells (100 each): measured 22.8 dB on val frames, against 15.6 dB for the
     # best constant image (the town is mostly grey and green); a broken merge or routing gives < 15.
-    assert results["psnr"] > baseline + 4.0, (results["psnr"], baseline)
+    assert results["psnr"] > baseline + 5.0, (results["psnr"], baseline)
     assert 0.0 < results["ssim"] <= 1.0
     assert "lpips" not in results or 0.0 <= results["lpips"] <= 1.0
     # Depth of val frames (at their GT poses) and pose errors of depth frames per source, in metres.
-    assert results["depth_eval_poses"] == "gt"
-    assert 0.0 < results["depth_rmse_m"] < 60.0 and 0.0 <= results["depth_delta_1_25"] <= 1.0
-    # The example's prior poses are ~2 m off (nearest RGB frame); the TPF's are within centimetres.
-    assert results["depth_pose_train_prior_translation_m_mean"] > 1.0
-    assert results["depth_pose_train_tpf_translation_m_mean"] < 0.1
-    # Stage 3 ran from step 200 and moved the train depth poses (measured 0.33 m at 400 steps).
-    assert results["depth_pose_train_tpf+refine_translation_m_mean"] != results["depth_pose_train_tpf_translation_m_mean"]
-    assert results["depth_pose_val_tpf_rotation_deg_mean"] < 0.5
-    # The TPF was fine-tuned in stage 3 (from step 200), so val depth frames have refined poses too.
-    # ... and only the fine-tuned TPF can move val frames (measured 0.16 m).
-    assert results["depth_pose_val_tpf+refine_translation_m_mean"] != results["depth_pose_val_tpf_translation_m_mean"]
+    # Measured at this budget: depth RMSE 7.4 m, delta<1.25 0.96 (an untrained field is ~60 m off).
+    assert results["depth_eval_at_gt_poses"] == 1.0
+    assert 0.0 < results["depth_rmse_m"] < 11.0 and results["depth_delta_1_25"] > 0.9
+    # The example's prior poses are ~2 m off (nearest RGB frame); the TPF's within a millimetre
+    # (measured 2.18 m and 0.3 mm / 0.004 deg).
+    assert results["depth_pose_train_prior_translation_m_mean"] > 1.5
+    assert results["depth_pose_train_tpf_translation_m_mean"] < 0.005
+    assert results["depth_pose_train_tpf_rotation_deg_mean"] < 0.05
+    # Stage 3 (per-frame corrections, forced on for TPF poses here) ran from each cell's 50th step and
+    # moved the train depth poses by 0.32 m: the young field's depth errors pull right poses away,
+    # which is why the default keeps them off for TPF poses. Bounds: it ran (> 5 cm), it did not diverge.
+    assert 0.05 < results["depth_pose_train_tpf+refine_translation_m_mean"] < 1.0
+    assert results["depth_pose_val_tpf_rotation_deg_mean"] < 0.05
+    # Only the fine-tuned TPF can move val frames, never trained on (measured 0.15 m).
+    assert 0.02 < results["depth_pose_val_tpf+refine_translation_m_mean"] < 0.5
 
 
 def _scalars(trained_config: Path, tag: str) -> list:
@@ -96,16 +120,18 @@ def _scalars(trained_config: Path, tag: str) -> list:
 def test_training_psnr_rises(trained_config: Path):
     psnr = [e.value for e in _scalars(trained_config, "Train Metrics Dict/psnr")]
     assert len(psnr) >= 20
-    # Training batches: 13.8 dB at step 0, 22.7 dB averaged over the last 50 of 400 steps (measured).
-    assert np.mean(psnr[-5:]) > psnr[0] + 5.0, psnr
+    # Training batches: 14.0 dB at step 0, 22.6 dB over the last 5 logged (measured).
+    assert np.mean(psnr[-5:]) > psnr[0] + 6.0, psnr
 
 
-def test_stage_3_steps_the_depth_poses_and_the_tpf_from_its_start(trained_config: Path):
-    # A group's learning rate is logged on the steps it had gradients (engine/optimizers.py).
+def test_stage_3_starts_on_each_cells_own_clock(trained_config: Path):
+    # A group's learning rate is logged on the steps it had gradients (engine/optimizers.py). Stage 3
+    # starts after a cell's own 50th step; round-robin over 4 cells, cell 0 takes its 51st step at
+    # global step 200 (a global clock would start it at step 50).
     for group in ("depth_pose_opt", "tpf"):
         steps = [e.step for e in _scalars(trained_config, f"learning_rate/{group}")]
-        assert steps and min(steps) >= ITERATIONS // 2, (group, steps[:3])
-    assert min(e.step for e in _scalars(trained_config, "learning_rate/cell0.fields")) < ITERATIONS // 2
+        assert steps and min(steps) == 4 * STAGE_3_CELL_STEPS, (group, steps[:3])
+    assert min(e.step for e in _scalars(trained_config, "learning_rate/cell0.fields")) == 0
 
 
 def test_render_writes_a_video(trained_config: Path, tmp_path: Path):
@@ -155,3 +181,99 @@ def test_viewer_answers_http(trained_config: Path, tmp_path: Path):
             viewer.wait(timeout=30)
         except subprocess.TimeoutExpired:
             viewer.kill()
+
+
+def test_all_images_evaluation_reached_the_tensorboard_writer(trained_config: Path):
+    # nerfstudio's writers call float() on every metric: one string ends training (issue 11).
+    psnr = _scalars(trained_config, "Eval Images Metrics Dict (all images)/psnr")
+    rmse = _scalars(trained_config, "Eval Images Metrics Dict (all images)/depth_rmse_m")
+    assert [e.step for e in psnr] == [EVAL_ALL_AT] and [e.step for e in rmse] == [EVAL_ALL_AT]
+    # Measured at step 300: 21.8 dB and 10.1 m (ns-eval after step 399: 22.8 dB, 7.4 m).
+    assert psnr[0].value > 19.5 and 0.0 < rmse[0].value < 15.0
+
+
+def _read_ply(path: Path):
+    from plyfile import PlyData
+
+    vertices = PlyData.read(str(path))["vertex"]
+    points = np.stack([vertices["x"], vertices["y"], vertices["z"]], axis=-1)
+    colours = np.stack([vertices["red"], vertices["green"], vertices["blue"]], axis=-1)
+    return points, colours
+
+
+def test_export_pointcloud_and_poisson_mesh(trained_config: Path, example_scene: Path, tmp_path: Path):
+    scene_box = ["--obb-center", "0", "0", "0", "--obb-rotation", "0", "0", "0", "--obb-scale", "3", "3", "3"]
+    run_command(
+        ["ns-export", "pointcloud", "--load-config", str(trained_config), "--output-dir", str(tmp_path),
+         "--num-points", "8192", "--normal-method", "open3d", "--num-rays-per-batch", "2048", *scene_box],
+        cwd=tmp_path,
+    )
+    points, colours = _read_ply(tmp_path / "point_cloud.ply")
+    # Rays come from the training shards of all four cells (round-robin), whole batches of 2048 (10,240),
+    # less ns-export's outlier removal: 10,004 points measured.
+    assert len(points) > 8000
+    assert np.all(np.abs(points) <= 1.5 + 1e-6)  # cropped to the scene box (async-nerf-data: [-1.5, 1.5]^3)
+    # The town lies below the drone: the points' median height is well under the lowest camera.
+    from async_nerf_ns.data.dataparser import AsyncNerfDataParserConfig
+
+    cameras = AsyncNerfDataParserConfig(data=example_scene).setup().get_dataparser_outputs("train").cameras
+    lowest_camera = float(cameras.camera_to_worlds[:, 2, 3].min())
+    assert np.median(points[:, 2]) < lowest_camera - GROUND_BELOW_CAMERAS, (np.median(points[:, 2]), lowest_camera)
+    assert colours.std(axis=0).min() > 15  # coloured, not one flat colour (measured std 35-38 per channel)
+    run_command(
+        # Texture from the points: nerfstudio's default renders a 2048x2048 texture with the field
+        # (4 M rays, ~40 min on this CPU).
+        ["ns-export", "poisson", "--load-config", str(trained_config), "--output-dir", str(tmp_path / "mesh"),
+         "--num-points", "8192", "--normal-method", "open3d", "--num-rays-per-batch", "2048",
+         "--texture-method", "point_cloud", *scene_box],
+        cwd=tmp_path,
+    )
+    mesh = tmp_path / "mesh" / "poisson_mesh.ply"
+    assert mesh.exists() and mesh.stat().st_size > 10_000
+
+
+def _checkpoints(models: Path):
+    return sorted(models.glob("step-*.ckpt"))
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_weights(trained_config: Path, example_scene: Path, tmp_path: Path):
+    args = _train_args(example_scene, tmp_path, "killed")
+    models = tmp_path / "e2e" / "async-nerf-small" / "killed" / "nerfstudio_models"
+    bin_dir = Path(sys.executable).parent
+    process = subprocess.Popen(
+        [str(bin_dir / args[0]), *args[1:]], cwd=tmp_path, env=venv_env(threads=1),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 900
+    try:
+        while not any(int(p.stem.split("-")[1]) >= 200 for p in _checkpoints(models)):
+            assert process.poll() is None, f"ns-train exited with {process.returncode} before step 200"
+            assert time.monotonic() < deadline, "no checkpoint of step 200 within 900 s"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = max(int(p.stem.split("-")[1]) for p in _checkpoints(models))
+    # What a kill can leave besides: a save cut between writing and renaming (the temporary file), and
+    # a newest checkpoint cut short (here written by hand: our saves are atomic, a copy or a disk may not be).
+    good = _checkpoints(models)[-1]
+    (models.parent / f".nerfstudio_models-step-{killed_at + 50:09d}.ckpt.partial").write_bytes(b"half a save")
+    (models / f"step-{killed_at + 50:09d}.ckpt").write_bytes(good.read_bytes()[:4096])
+
+    run_command([*args, "--load-dir", str(models)], cwd=tmp_path, threads=1)
+    final = models / f"step-{ITERATIONS - 1:09d}.ckpt"
+    assert _checkpoints(models) == [final]
+    assert [p.name for p in (models.parent / "unloadable_checkpoints").iterdir()] == [f"step-{killed_at + 50:09d}.ckpt"]
+    assert not list(models.parent.glob("*.partial"))
+    # Batches and the model's randomness are functions of the step, the per-cell clocks and proposal
+    # counters are saved: the resumed run ends with the uninterrupted run's weights (measured: ...).
+    resumed = torch.load(final, weights_only=True)["pipeline"]
+    reference = torch.load(next((trained_config.parent / "nerfstudio_models").glob("*.ckpt")), weights_only=True)["pipeline"]
+    assert set(resumed) == set(reference)
+    worst = max(
+        (resumed[k].double() - reference[k].double()).abs().max().item()
+        for k in reference
+        if reference[k].is_floating_point() and reference[k].numel()
+    )
+    assert worst <= RESUME_TOLERANCE, worst
