@@ -134,6 +134,9 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(killed_worke
     assert attempts[0]["start_step"] == 0 and attempts[1]["start_step"] in (11, 21, 31), attempts
     assert attempts[1]["start_step"] <= killed["step"] + 1
     assert [a["attempt"] for a in read_attempts(cell_dir(killed_worker_run, 0))] == [1]
+    # Each task's output goes to the cell's train.log: both attempts, the second one resuming.
+    log = (cell_dir(killed_worker_run, 1) / "train.log").read_text()
+    assert f"Resuming at step {attempts[1]['start_step']}" in log and log.count("Cell 1: done") == 1
     for k in (0, 1):
         done = read_json(cell_dir(killed_worker_run, k) / DONE)
         assert done is not None and done["step"] == STEPS - 1

@@ -9,6 +9,7 @@ named so that running it again finds it (Ray reruns a task from the start after 
 - ``nerfstudio_models/step-N.ckpt``: checkpoints (atomic, see engine/checkpoints.py); a rerun
   resumes from the newest one that loads (a damaged one goes to ``unloadable_checkpoints/``), and
   the ``keep_checkpoints`` newest are kept so that there is one to fall back to;
+- ``train.log``: the task's output, when it runs as a Ray task;
 - ``DONE.json``: written last, atomically: the cell is finished (final step, metrics, seconds);
   a rerun of a finished cell only returns it.
 
@@ -26,6 +27,7 @@ import random
 import socket
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -47,6 +49,7 @@ PROGRESS = "progress.json"
 DONE = "DONE.json"
 UNLOADABLE = "unloadable_checkpoints"
 LOCK = ".lock"
+LOG = "train.log"
 
 
 # --------------------------------------------------------------------------------------- config
@@ -139,6 +142,7 @@ def train_cell(
     gpus: float = 0.0,
     progress_every: int = 10,
     keep_checkpoints: int = 2,
+    log_to_file: bool = False,
 ) -> Dict[str, Any]:
     """Trains cell ``k`` of the run in ``run_dir`` to the run's last step; returns its DONE record.
 
@@ -152,6 +156,9 @@ def train_cell(
         progress_every: steps between rewrites of ``progress.json``.
         keep_checkpoints: newest checkpoints kept (>= 2 leaves one to fall back to when the newest
             is damaged).
+        log_to_file: append the task's output (nerfstudio's console, warnings, tracebacks) to
+            ``train.log`` in the cell folder instead of printing it (Ray tasks: the log then sits next
+            to the checkpoints on shared storage, and the driver's console keeps its progress bars).
     """
     run_dir = Path(run_dir)
     folder = cell_dir(run_dir, k)
@@ -159,8 +166,19 @@ def train_cell(
     if done is not None:
         return done
     folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder, k):
-        return _train_cell(run_dir, k, folder, cpus, gpus, progress_every, keep_checkpoints)
+    with _exclusive(folder, k), (_output_to(folder / LOG) if log_to_file else contextlib.nullcontext()):
+        try:
+            return _train_cell(run_dir, k, folder, cpus, gpus, progress_every, keep_checkpoints)
+        except BaseException:
+            if log_to_file:
+                traceback.print_exc()  # into train.log, where the driver's failure message points
+            raise
+
+
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    with open(path, "a", buffering=1) as stream, contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+        yield
 
 
 @contextlib.contextmanager

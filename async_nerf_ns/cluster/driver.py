@@ -32,6 +32,7 @@ from async_nerf_ns.cluster.assemble import assemble_cell_states, write_assembled
 from async_nerf_ns.cluster.cell_task import (
     ATTEMPTS,
     DONE,
+    LOG,
     PROGRESS,
     RUN_CONFIG,
     cell_dir,
@@ -123,8 +124,8 @@ class TrainCells:
             CONSOLE.print(f"[bold red]{len(failed)} of {len(todo)} cells failed for good:")
             for k, reason in sorted(failed.items()):
                 folder = cell_dir(run_dir, k)
-                CONSOLE.print(f"  cell {k}: {reason}\n    logs: {folder / ATTEMPTS}, {folder / PROGRESS}, "
-                              "and the Ray worker logs (/tmp/ray/session_latest/logs/worker-*.err on its node)")
+                CONSOLE.print(f"  cell {k}: {reason}\n    logs: {folder / LOG}, {folder / ATTEMPTS}, {folder / PROGRESS}"
+                              + (" and Ray's worker logs (/tmp/ray/session_latest/logs/ on its node)" if self.backend == "ray" else ""))
             CONSOLE.print("Rerun the same command to retry them; finished cells are not trained again.")
             raise SystemExit(1)
 
@@ -180,7 +181,7 @@ class TrainCells:
     # ------------------------------------------------------------------------------------ backends
     def task_kwargs(self) -> Dict[str, Any]:
         return {"cpus": self.cpus_per_cell, "gpus": self.gpus_per_cell, "progress_every": self.progress_every,
-                "keep_checkpoints": self.keep_checkpoints}
+                "keep_checkpoints": self.keep_checkpoints, "log_to_file": self.backend == "ray"}
 
     def run_local(self, run_dir: Path, todo: Sequence[int]) -> Dict[int, str]:
         """The cells one after the other in this process; returns the failed ones with the reason."""
