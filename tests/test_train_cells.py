@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from async_nerf_ns.cluster.cell_task import ATTEMPTS, DONE, PROGRESS, cell_dir, read_attempts, read_json
+from async_nerf_ns.cluster.driver import ClusterError, check_resources, cli
 from conftest import run_command
 
 ray = pytest.importorskip("ray")
@@ -215,3 +216,28 @@ def test_a_cell_out_of_retries_fails_the_command_after_the_other_finishes(
     assert read_json(cell_dir(run_dir, 1) / DONE)["step"] == STEPS - 1
     assert len(read_attempts(cell_dir(run_dir, 0))) == 1
     assert not (run_dir / ASSEMBLED).exists()
+
+
+# --------------------------------------------------------------------------------------- no training
+def test_a_gpu_request_no_node_can_meet_is_refused_not_left_pending():
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0}}, {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 4.0}}]
+    with pytest.raises(ClusterError, match=r"--gpus-per-cell 0.5: no node .*\(GPUs per node: \[0.0\]\)"):
+        check_resources(nodes, cpus=1, gpus=0.5)
+    with pytest.raises(ClusterError, match="--cpus-per-cell 32"):
+        check_resources(nodes, cpus=32, gpus=0)
+    nodes.append({"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}})
+    check_resources(nodes, cpus=8, gpus=1)  # one node has both
+
+
+def test_options_after_the_separator_go_to_ns_train(tmp_path: Path):
+    command = cli(["--data", "D", "--run-dir", str(tmp_path / "run"), "--cpus-per-cell", "0.5", "--backend", "local",
+                   "--", "--max-num-iterations", "7", "--pipeline.datamanager.partition.grid-dim", "3", "1"])
+    assert (command.cpus_per_cell, command.backend) == (0.5, "local")
+    config = command.run_config((tmp_path / "run").resolve())
+    assert config.max_num_iterations == 7 and tuple(config.pipeline.datamanager.partition.grid_dim) == (3, 1)
+    assert config.pipeline.datamanager.data == Path("D").resolve()
+    # The same command again continues the run; other options would mix two configurations in one run.
+    command.run_config((tmp_path / "run").resolve())
+    other = cli(["--data", "D", "--run-dir", str(tmp_path / "run"), "--", "--max-num-iterations", "8"])
+    with pytest.raises(ClusterError, match="was started with other options"):
+        other.run_config((tmp_path / "run").resolve())
