@@ -81,7 +81,8 @@ def test_merged_density_equals_each_cells_density_inside_its_cell(model: AsyncNe
 def test_merged_field_equals_cell_field_on_ray_samples_inside_the_cell(model: AsyncNerfModel):
     bundle = _bundle(64, seed=1)
     with torch.no_grad():
-        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
+        merged_view = model._renderer(None)
+        samples, _, _ = merged_view.proposal_sampler(bundle, density_fns=merged_view.density_fns)
         merged = MergedField(model.cells, CENTROIDS)(samples)
         cells = route_to_cells(samples.frustums.get_positions(), CENTROIDS)
         for k in range(4):

@@ -95,8 +95,6 @@ class AsyncNerfModel(NerfactoModel):
             num_rgb=self.num_train_data,
             num_depth=int(setup.get("num_depth_frames", 0)),
         )
-        self._render_cell: Optional[int] = None
-        """The cell rendering the current training batch; set only inside `get_outputs` (see there)."""
         self._schedule_step = 0
         # Each cell runs nerfacto's step schedules (proposal update/anneal, depth warm-up) on its own
         # clock, as if it were trained alone: one proposal sampler per cell (the sampler keeps its
@@ -162,28 +160,23 @@ class AsyncNerfModel(NerfactoModel):
 
     # --- which field renders -------------------------------------------------------------------
     @property
-    def proposal_sampler(self) -> ProposalNetworkSampler:  # read by NerfactoModel.get_outputs
-        if self._render_cell is not None:
-            return self.cell_samplers[self._render_cell]
-        trained = [int(cell.steps) for cell in self.cells if int(cell.steps) > 0]
-        self.merged_sampler.set_anneal(self._anneal(min(trained)) if trained else 1.0)
-        return self.merged_sampler
-
-    @property
     def num_cells(self) -> int:
         return len(self.cells)
 
     @property
-    def field(self):  # read by NerfactoModel.get_outputs
-        if self._render_cell is not None:
-            return self.cells[self._render_cell].field
+    def field(self) -> MergedField:
+        """All cells behind the nearest-centroid router: what the viewer, ns-eval and ns-render see."""
         return MergedField(self.cells, self.centroids)
 
-    @property
-    def density_fns(self):  # read by NerfactoModel.get_outputs
-        if self._render_cell is not None:
-            return self.cells[self._render_cell].density_fns
-        return merged_density_fns(self.cells, self.centroids, self.config.num_proposal_iterations)
+    def _renderer(self, cell: Optional[int]) -> "_FieldsOf":
+        """The model with the fields ``cell`` renders with (None: all cells merged)."""
+        if cell is not None:
+            chosen = self.cells[cell]
+            return _FieldsOf(self, chosen.field, chosen.density_fns, self.cell_samplers[cell])
+        trained = [int(c.steps) for c in self.cells if int(c.steps) > 0]
+        self.merged_sampler.set_anneal(self._anneal(min(trained)) if trained else 1.0)
+        density_fns = merged_density_fns(self.cells, self.centroids, self.config.num_proposal_iterations)
+        return _FieldsOf(self, self.field, density_fns, self.merged_sampler)
 
     def _cell_of(self, ray_bundle: RayBundle) -> Optional[int]:
         cells = ray_bundle.metadata.get(CELL_KEY) if self.training else None
@@ -194,19 +187,11 @@ class AsyncNerfModel(NerfactoModel):
         return cell
 
     def get_outputs(self, ray_bundle: RayBundle):
-        """NerfactoModel's rendering with the fields of the batch's cell (training) or all cells merged.
-
-        NerfactoModel.get_outputs reads ``self.field``, ``self.density_fns`` and ``self.proposal_sampler``;
-        those properties follow ``_render_cell``, which is set for the duration of this call only.
-        """
+        """NerfactoModel's rendering, with the fields of the batch's cell (training) or all cells merged."""
         cell = self._cell_of(ray_bundle)
         if cell is not None:
             self._tick(cell)
-        self._render_cell = cell
-        try:
-            outputs = super().get_outputs(ray_bundle)
-        finally:
-            self._render_cell = None
+        outputs = NerfactoModel.get_outputs(self._renderer(cell), ray_bundle)  # type: ignore[arg-type]
         if cell is not None:
             self.cells[cell].proposal_steps_since_update.fill_(self.cell_samplers[cell]._steps_since_update)
         return outputs
@@ -266,3 +251,18 @@ class AsyncNerfModel(NerfactoModel):
             "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
         }
         return metrics, images
+
+
+class _FieldsOf:
+    """The model as NerfactoModel.get_outputs sees it for one ray bundle: explicit ``field``,
+    ``density_fns`` and ``proposal_sampler`` (a cell's, or the merged ones); every other attribute is
+    the model's. get_outputs only reads from ``self``, so it runs unchanged on this view."""
+
+    def __init__(self, model: "AsyncNerfModel", field, density_fns, proposal_sampler: ProposalNetworkSampler) -> None:
+        self._model = model
+        self.field = field
+        self.density_fns = density_fns
+        self.proposal_sampler = proposal_sampler
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
