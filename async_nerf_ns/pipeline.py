@@ -12,9 +12,8 @@ pose, the naive pipeline) or ``gt`` (an upper bound, needs pose_gt files).
 from __future__ import annotations
 
 import copy
-import typing
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Type
 
 import torch
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -24,7 +23,7 @@ from async_nerf_ns.data.datamanager import AsyncNerfDataManager, AsyncNerfDataMa
 from async_nerf_ns.data.dataparser import METADATA_KEY
 from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
 from async_nerf_ns.evaluation import evaluate_depth_frames, flat_pose_errors
-from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
+from async_nerf_ns.model.model import AsyncNerfModelConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry
 from async_nerf_ns.trajectory.finetune import TPFRayCorrections
 from async_nerf_ns.trajectory.tpf import FittedTPF

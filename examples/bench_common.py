@@ -31,7 +31,6 @@ How the numbers are measured (read the tables with this in mind):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import json

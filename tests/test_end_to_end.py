@@ -10,7 +10,6 @@ fails them all.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

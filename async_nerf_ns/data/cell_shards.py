@@ -10,10 +10,9 @@ shard sizes), so a rerun with the same inputs reuses it and any change gives a n
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch

@@ -9,7 +9,6 @@ what the model's expected ray termination is compared with.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
 
 import numpy as np
 import torch
@@ -76,6 +75,3 @@ class DepthFrameSet:
             width, height = int(self.track.widths[index]), int(self.track.heights[index])
             metres = metres * planar_to_ray_factor(self.track.intrinsics[index], width, height)
         return metres / self.pose_scale_factor
-
-    def load_ray_distances(self) -> List[Tensor]:
-        return [self.ray_distance(i) for i in range(len(self))]

@@ -2,7 +2,7 @@
 
     async-nerf-tpf DATA --output OUT [--tpf.iterations N ...]
 
-DATA is either a dataset in the async-nerf layout (DATA_LAYOUT.md; it has a coordinates.pt) or an
+DATA is either a dataset in the async-nerf layout (docs/DATA_LAYOUT.md; it has a coordinates.pt) or an
 upstream Async-NeRF raw sequence (`DATA/rgb/{timestamp}.txt` 4x4 poses, optional
 `DATA/depth_TRACK/{timestamp}.txt` true depth poses; or just a folder of `{timestamp}.txt`).
 
