@@ -182,10 +182,11 @@ def _write(target, staging, kind, layout, image_pixels, seed, description, extra
                 if len(piece):
                     with open(chunk_path(staging, cell, chunk), "ab") as stream:
                         stream.write(piece.tobytes())
-                        stream.flush()
-                        os.fsync(stream.fileno())
             parts.clear()
         buffered = 0
+        # One sync for all chunk files (thousands on a large capture) before the journal says they are
+        # this long; a kill before the journal is rewritten truncates them back on resume.
+        os.sync()
         journal.record(next_image)
         if stop_after_flushes is not None and journal.flushes >= stop_after_flushes:
             raise KeyboardInterrupt(f"stopped after {journal.flushes} flushes (test)")
