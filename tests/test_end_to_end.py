@@ -260,7 +260,9 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(trained_config
     (models.parent / f".nerfstudio_models-step-{killed_at + 50:09d}.ckpt.partial").write_bytes(b"half a save")
     (models / f"step-{killed_at + 50:09d}.ckpt").write_bytes(good.read_bytes()[:4096])
 
-    run_command([*args, "--load-dir", str(models)], cwd=tmp_path, threads=1)
+    resumed_run = run_command([*args, "--load-dir", str(models)], cwd=tmp_path, threads=1)
+    # Stage 1 came from the checkpoint: no re-fit of the time-pose function.
+    assert "Stage 1: time-pose function from" in resumed_run.stdout and "Stage 1: fitting" not in resumed_run.stdout
     final = models / f"step-{ITERATIONS - 1:09d}.ckpt"
     assert _checkpoints(models) == [final]
     assert [p.name for p in (models.parent / "unloadable_checkpoints").iterdir()] == [f"step-{killed_at + 50:09d}.ckpt"]

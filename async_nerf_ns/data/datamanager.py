@@ -22,6 +22,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
+import tyro
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
@@ -73,6 +74,8 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     """The time-pose function fitted in stage 1."""
     shards: ShardConfig = field(default_factory=ShardConfig)
     """The per-cell ray shards on disk."""
+    resume_checkpoint: tyro.conf.Suppress[Optional[Path]] = None
+    """Set by the trainer when it resumes a run: stage 1 is read from this checkpoint, not fitted."""
 
 
 @dataclass
@@ -138,7 +141,7 @@ class AsyncNerfDataManager(VanillaDataManager):
             if config.depth_poses == "tpf":
                 if scene.rgb_timestamps is None or len(scene.rgb_timestamps) < 2:
                     raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
-                self.stage1.tpf = fitted_tpf(
+                self.stage1.tpf = self._saved_stage1_tpf() or fitted_tpf(
                     self.cache_folder("stage1"), scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), config.tpf
                 )
             self.set_depth_poses(self.depth_poses(self.depth_track, config.depth_poses, self.stage1.tpf))
@@ -147,6 +150,19 @@ class AsyncNerfDataManager(VanillaDataManager):
             "num_depth_frames": 0 if self.depth_track is None else len(self.depth_track),
             "depth_poses": config.depth_poses,
         }
+
+    def _saved_stage1_tpf(self) -> Optional[FittedTPF]:
+        """The stage-1 TPF of the checkpoint a resumed run continues (``stage1_tpf.*`` when it was
+        fine-tuned, else ``tpf.*``); None when not resuming or the checkpoint has none."""
+        if self.config.resume_checkpoint is None:
+            return None
+        state = torch.load(self.config.resume_checkpoint, map_location="cpu", weights_only=True)["pipeline"]
+        for prefix in ("stage1_tpf.", "tpf."):
+            tpf_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if tpf_state:
+                CONSOLE.print(f"Stage 1: time-pose function from {self.config.resume_checkpoint}")
+                return FittedTPF.from_state_dict(self.config.tpf, tpf_state)
+        return None
 
     @property
     def scene(self):

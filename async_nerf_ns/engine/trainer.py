@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Type
+from typing import Literal, Type
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
@@ -28,28 +28,39 @@ class AsyncNerfTrainer(Trainer):
         param_groups = self.pipeline.get_param_groups()
         return CellOptimizers.from_templates(self.config.optimizers.copy(), param_groups)
 
-    def _load_checkpoint(self) -> None:
-        """nerfstudio's loading, made safe for resuming after a kill:
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        """nerfstudio's set-up, made safe for resuming after a kill:
 
         - with ``--load-dir`` and no ``--load-step``, the newest checkpoint that actually loads is used
           (a damaged one is moved to ``RUN/unloadable_checkpoints/``, never deleted);
+        - the checkpoint is chosen before the pipeline is built, so that stage 1 (the time-pose function
+          and the depth-frame poses) comes from it rather than being fitted again;
         - ``--max-num-iterations`` is the run's total: a run resumed at step S trains up to the same
           last step as the run it continues (nerfstudio would train that many steps *more*);
         - temporary files of a save that a kill interrupted are removed.
         """
         config = self.config
-        if config.load_dir is not None and config.load_step is None:
-            found = newest_loadable_checkpoint(config.load_dir, quarantine=config.load_dir.parent / "unloadable_checkpoints")
-            if found is None:
-                CONSOLE.print(f"[yellow]No loadable checkpoint in {config.load_dir}: training from scratch.")
+        if config.load_dir is not None:
+            if config.load_step is None:
+                found = newest_loadable_checkpoint(config.load_dir, quarantine=config.load_dir.parent / "unloadable_checkpoints")
+                if found is None:
+                    CONSOLE.print(f"[yellow]No loadable checkpoint in {config.load_dir}: training from scratch.")
+            else:
+                found = config.load_dir / f"step-{config.load_step:09d}.ckpt"
             config.load_dir, config.load_checkpoint = None, found
+        datamanager = config.pipeline.datamanager
+        if config.load_checkpoint is not None and hasattr(datamanager, "resume_checkpoint"):
+            datamanager.resume_checkpoint = config.load_checkpoint
+        super().setup(test_mode)
+
+    def _load_checkpoint(self) -> None:
         for partial in self.checkpoint_dir.parent.glob(f".*{PARTIAL_SUFFIX}"):
             partial.unlink()
         super()._load_checkpoint()
         if self._start_step > 0:
-            remaining = max(0, config.max_num_iterations - self._start_step)
-            CONSOLE.print(f"Resuming at step {self._start_step}: {remaining} steps left of {config.max_num_iterations}")
-            config.max_num_iterations = remaining
+            remaining = max(0, self.config.max_num_iterations - self._start_step)
+            CONSOLE.print(f"Resuming at step {self._start_step}: {remaining} steps left of {self.config.max_num_iterations}")
+            self.config.max_num_iterations = remaining
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
