@@ -241,3 +241,21 @@ def test_options_after_the_separator_go_to_ns_train(tmp_path: Path):
     other = cli(["--data", "D", "--run-dir", str(tmp_path / "run"), "--", "--max-num-iterations", "8"])
     with pytest.raises(ClusterError, match="was started with other options"):
         other.run_config((tmp_path / "run").resolve())
+
+
+def test_a_cell_another_driver_is_training_fails_here_and_the_other_cell_trains(example_scene: Path, tmp_path: Path):
+    """Two drivers on one run folder must not train a cell twice at once: the cell's lock refuses the
+    second (here: this test holds cell 0's lock), the other cell still trains, the command exits 1."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    folder = cell_dir(run_dir, 0)
+    folder.mkdir(parents=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(SystemExit) as exit_info:
+            cli(_command(example_scene, run_dir, "--backend", "local")[1:]).main()
+    assert exit_info.value.code == 1
+    assert not (folder / DONE).exists() and read_attempts(folder) == []
+    assert read_json(cell_dir(run_dir, 1) / DONE)["step"] == STEPS - 1
+    assert not (run_dir / ASSEMBLED).exists()
