@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
