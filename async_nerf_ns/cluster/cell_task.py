@@ -25,7 +25,6 @@ import json
 import os
 import random
 import socket
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -39,7 +38,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from async_nerf_ns.engine.checkpoints import checkpoint_step, newest_loadable_checkpoint
+from async_nerf_ns.engine.checkpoints import checkpoint_step, newest_loadable_checkpoint, write_json_atomic
 
 RUN_CONFIG = "run_config.yml"
 """The whole run's trainer config (all cells) in RUN/; every task derives its cell's config from it."""
@@ -88,17 +87,6 @@ def cell_config(run_config: TrainerConfig, run_dir: Path, k: int, device: str) -
 
 
 # --------------------------------------------------------------------------------------- files
-def write_json_atomic(path: Path, content: Dict[str, Any]) -> None:
-    """``path`` holds the old content or the complete new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(content, stream, indent=1)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temp, path)
-
-
 def read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
         return json.loads(Path(path).read_text())

@@ -1,4 +1,4 @@
-"""Checkpoint files that survive a crash and load back with torch >= 2.6.
+"""Checkpoint (and other) files that survive a crash, and checkpoints that load back with torch >= 2.6.
 
 nerfstudio 1.1.5 writes ``step-N.ckpt`` in place and its LR schedulers leave ``numpy.float64``
 values in the saved state, which ``torch.load(weights_only=True)`` (the torch >= 2.6 default)
@@ -8,8 +8,10 @@ numpy's scalar types as safe so that checkpoints written by stock nerfstudio loa
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,6 +64,18 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, content: Any) -> None:
+    """Writes ``content`` as JSON so that ``path`` holds the old content or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(content, stream, indent=1)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temp, path)
 
 
 def checkpoint_step(path: Path) -> int:

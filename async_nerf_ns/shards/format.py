@@ -17,8 +17,6 @@ many records each image gave each cell.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -39,16 +37,6 @@ def cell_folder(shard_set: Path, cell: int) -> Path:
 
 def chunk_path(shard_set: Path, cell: int, chunk: int) -> Path:
     return cell_folder(shard_set, cell) / f"chunk_{chunk:05d}.bin"
-
-
-def write_json_atomic(path: Path, content: Dict[str, Any]) -> None:
-    """``path`` is the old file or the complete new one, never half of it."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(content, stream, indent=1)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temp, path)
 
 
 class ShardSetError(ValueError):

@@ -34,8 +34,8 @@ from async_nerf_ns.shards.format import (
     RECORDS,
     cell_folder,
     chunk_path,
-    write_json_atomic,
 )
+from async_nerf_ns.engine.checkpoints import write_json_atomic
 
 PROGRESS = "progress.json"
 
