@@ -3,12 +3,15 @@
     python examples/bench_shards.py [--frames 160 640 2560] [--steps 20] [--old-commit 90c336f]
 
 For each size the example town is generated with that many RGB frames (96x72, lidar 64x48 at half
-the rate), and ``ns-train async-nerf-small`` runs a few steps with one torch thread, in a fresh
-process whose peak RSS (``getrusage(RUSAGE_CHILDREN)``) is recorded: once with this checkout (shards),
-once with the code of ``--old-commit`` (the in-RAM store: every training pixel's colour plus per-cell
-index lists), checked out with ``git worktree`` and put first on PYTHONPATH. Each run starts from an
-empty cache, so both build their data (cluster masks / shards) inside the measured process. Also
-reported: shard bytes per RGB and depth ray and the shard writer's speed (from the manifests).
+the rate), and each row runs in a fresh process with one torch thread whose peak RSS
+(``getrusage(RUSAGE_CHILDREN)``) is recorded:
+- ``ns-train async-nerf-small`` (a few steps) with the code of ``--old-commit`` (the in-RAM store:
+  every training pixel's colour plus per-cell index lists), checked out with ``git worktree`` and put
+  first on PYTHONPATH, from an empty cache (it builds its masks and pixel lists in the process);
+- ``ns-train`` with this checkout from an empty cache (it writes the shards on its first step);
+- ``async-nerf-partition`` alone from an empty cache (the shard writer: stage 1 + all shards);
+- ``ns-train`` again on the shards that command wrote (training alone).
+Also reported: shard bytes per RGB and depth ray and the shard writer's speed (from the manifests).
 """
 
 from __future__ import annotations
@@ -82,22 +85,33 @@ def main() -> None:
         scene = work / f"town_{frames}"
         if not (scene / "coordinates.pt").is_file():
             generate_scene(scene, SceneSpec(num_rgb=frames, write_preview=False))
-        for version, pythonpath in (("in-RAM store (" + args.old_commit + ")", str(old_tree)), ("shards", None)):
-            shutil.rmtree(scene / ".async_nerf_cache", ignore_errors=True)
+        partition = str(Path(sys.executable).parent / "async-nerf-partition")
+        runs = (
+            ("in-RAM store (" + args.old_commit + "): ns-train", str(old_tree), None),
+            ("shards: ns-train writing them on its first step", None, None),
+            ("shards: async-nerf-partition (the writer alone)", None, partition),
+            ("shards: ns-train on shards written beforehand", None, "reuse"),
+        )
+        for version, pythonpath, first in runs:
+            if first != "reuse":
+                shutil.rmtree(scene / ".async_nerf_cache", ignore_errors=True)
             env = dict(base_env)
             if pythonpath:
                 env["PYTHONPATH"] = pythonpath
-            command = [
-                ns_train, "async-nerf-small", "--data", str(scene), "--output-dir", str(work / "runs"),
-                "--timestamp", f"{frames}-{'old' if pythonpath else 'new'}", "--max-num-iterations", str(args.steps),
-                "--steps-per-save", "100000", "--logging.local-writer.enable", "False",
-            ]
+            if first == partition:
+                command = [partition, "async-nerf-small", "--data", str(scene)]
+            else:
+                command = [
+                    ns_train, "async-nerf-small", "--data", str(scene), "--output-dir", str(work / "runs"),
+                    "--timestamp", f"{frames}-{len(rows)}", "--max-num-iterations", str(args.steps),
+                    "--steps-per-save", "100000", "--logging.local-writer.enable", "False",
+                ]
             measured = peak_rss_of(command, env, work)
             row: Dict[str, Any] = {"frames": frames, "version": version, **measured}
             if not pythonpath:
                 row.update(shard_stats(scene / ".async_nerf_cache"))
             rows.append(row)
-            print(json.dumps(row))
+            print(json.dumps(row), flush=True)
     text = markdown_table(
         rows,
         [
