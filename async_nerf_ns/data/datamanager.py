@@ -60,6 +60,11 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     dataparser: AsyncNerfDataParserConfig = field(default_factory=AsyncNerfDataParserConfig)
     train_num_rays_per_batch: int = 4096
     """RGB rays per training step (all from the cell trained at that step)."""
+    eval_num_images_to_sample_from: int = 16
+    """Val images held in memory for the training-time eval batches (nerfstudio caches all of them by
+    default, which grows with the capture); ns-eval's full evaluation reads every val image anyway."""
+    eval_num_times_to_repeat_images: int = 50
+    """Eval batches drawn from those images before another set is loaded."""
     train_num_depth_rays_per_batch: int = 1024
     """Rays from depth frames per training step, same cell (0: no depth supervision)."""
     sampling_seed: int = 0
