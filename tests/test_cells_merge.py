@@ -19,7 +19,10 @@ from async_nerf_ns.cluster.assemble import AssemblyError, assemble_cell_states, 
 from async_nerf_ns.scripts.merge import frame_pixel_counts
 from conftest import run_command
 
-ITERATIONS = 40
+ITERATIONS = 80
+MERGED_PSNR_FLOOR = 18.0
+"""Val PSNR of the merged run: measured 19.4 dB (40 steps per cell); the best constant image scores
+15.6 dB, which is where a merge that loses cells or swaps them falls."""
 DEPTH = "_model.camera_optimizer.depth.pose_adjustment"
 RGB = "_model.camera_optimizer.rgb.pose_adjustment"
 
@@ -177,4 +180,4 @@ def test_two_runs_of_two_cells_merge_into_a_run_that_ns_eval_loads(example_scene
     output = tmp_path / "merged_eval.json"
     run_command(["ns-eval", "--load-config", str(merged / "config.yml"), "--output-path", str(output)], cwd=tmp_path)
     results = json.loads(output.read_text())["results"]
-    assert results["psnr"] > 10.0
+    assert results["psnr"] > MERGED_PSNR_FLOOR, results["psnr"]
