@@ -22,8 +22,7 @@ CACHE_FOLDER = ".async_nerf_cache"
 def _writable(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
+        tempfile.NamedTemporaryFile(dir=folder).close()  # a probe: creating a file is what must work
         return True
     except OSError:
         return False
