@@ -164,7 +164,8 @@ def test_assembled_run_passes_ns_eval(killed_worker_run: Path, tmp_path: Path):
     # 40 steps per cell: measured 19.4 dB on val frames, against 15.6 dB for the best constant image
     # (see test_end_to_end.py); the assembled run is the local run, so this checks that ns-eval loads it whole.
     assert results["psnr"] > 17.5, results
-    assert 0.0 < results["depth_rmse_m"] < 80.0
+    # Depth of val frames at their true poses: measured 19.7 m RMSE (an untrained field: ~60 m).
+    assert 0.0 < results["depth_rmse_m"] < 30.0
 
 
 def test_a_rerun_after_the_driver_died_skips_done_cells_and_falls_back_from_a_damaged_checkpoint(

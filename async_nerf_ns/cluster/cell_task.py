@@ -77,7 +77,7 @@ def cell_config(run_config: TrainerConfig, run_dir: Path, k: int, device: str) -
     config.timestamp = ""
     config.vis = "tensorboard"
     config.viewer.quit_on_train_completion = True
-    config.save_only_latest_checkpoint = False  # pruned to the newest keep_checkpoints by train_cell
+    config.save_only_latest_checkpoint = True
     config.load_dir, config.load_step, config.load_checkpoint = None, None, None
     config.machine.device_type = device  # type: ignore[assignment]
     config.machine.num_devices = 1
@@ -107,12 +107,6 @@ def _append_attempt(folder: Path, record: Dict[str, Any]) -> None:
         stream.write(json.dumps(record) + "\n")
         stream.flush()
         os.fsync(stream.fileno())
-
-
-def _prune_checkpoints(models: Path, keep: int) -> None:
-    files = sorted(models.glob("step-*.ckpt"), key=checkpoint_step)
-    for old in files[: max(0, len(files) - keep)]:
-        old.unlink()
 
 
 def _seed_everything(seed: int) -> None:
@@ -197,6 +191,7 @@ def _train_cell(
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
     config = cell_config(load_config(run_dir / RUN_CONFIG), run_dir, k, device)
+    config.keep_checkpoints = keep_checkpoints  # AsyncNerfTrainer prunes to these after each save
     models = config.get_checkpoint_dir()
     checkpoint = newest_loadable_checkpoint(models, quarantine=folder / UNLOADABLE)
     config.load_checkpoint = checkpoint
@@ -221,7 +216,7 @@ def _train_cell(
     psnr: List[float] = []
     if checkpoint is None or start_step <= last_step:  # else: killed after its last save, before DONE
         report(start_step, "setting up")
-        _run_trainer(config, models, report, psnr, progress_every, keep_checkpoints, start_step)
+        _run_trainer(config, report, psnr, progress_every, start_step)
     final = newest_loadable_checkpoint(models)
     assert final is not None and checkpoint_step(final) == last_step, (final, last_step)
     record = {
@@ -244,15 +239,9 @@ def _train_cell(
 
 
 def _run_trainer(
-    config: TrainerConfig,
-    models: Path,
-    report: Callable[..., None],
-    psnr: List[float],
-    progress_every: int,
-    keep_checkpoints: int,
-    start_step: int,
+    config: TrainerConfig, report: Callable[..., None], psnr: List[float], progress_every: int, start_step: int
 ) -> None:
-    """nerfstudio's trainer as ns-train runs it, plus progress reports, pruning and the train PSNR."""
+    """nerfstudio's trainer as ns-train runs it, plus progress reports and the train PSNR."""
     # nerfstudio's writers are module globals that every trainer appends to: a process that trains
     # several cells one after the other (the local backend, a reused Ray worker) starts each afresh.
     writer.EVENT_WRITERS.clear()
@@ -262,7 +251,7 @@ def _run_trainer(
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     assert trainer._start_step == start_step, (trainer._start_step, start_step)
-    train_iteration, save_checkpoint = trainer.train_iteration, trainer.save_checkpoint
+    train_iteration = trainer.train_iteration
 
     def recorded_iteration(step: int):
         loss, loss_dict, metrics = train_iteration(step)
@@ -271,12 +260,7 @@ def _run_trainer(
             del psnr[:-progress_every]
         return loss, loss_dict, metrics
 
-    def pruned_save(step: int) -> None:
-        save_checkpoint(step)
-        _prune_checkpoints(models, keep_checkpoints)
-
     trainer.train_iteration = recorded_iteration  # type: ignore[method-assign]
-    trainer.save_checkpoint = pruned_save  # type: ignore[method-assign]
     trainer.callbacks.append(
         TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=progress_every)
     )

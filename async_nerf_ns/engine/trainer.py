@@ -10,7 +10,13 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from async_nerf_ns.engine.checkpoints import PARTIAL_SUFFIX, atomic_torch_save, newest_loadable_checkpoint, to_plain_python
+from async_nerf_ns.engine.checkpoints import (
+    PARTIAL_SUFFIX,
+    atomic_torch_save,
+    checkpoint_step,
+    newest_loadable_checkpoint,
+    to_plain_python,
+)
 from async_nerf_ns.engine.optimizers import CellOptimizers
 
 
@@ -19,6 +25,9 @@ class AsyncNerfTrainerConfig(TrainerConfig):
     """TrainerConfig whose trainer writes checkpoints atomically and builds one optimiser per cell."""
 
     _target: Type = field(default_factory=lambda: AsyncNerfTrainer)
+    keep_checkpoints: int = 1
+    """With save_only_latest_checkpoint: how many of the newest checkpoints to keep. 2 or more leaves one
+    to fall back to when the newest cannot be read (a disk or copy that cut it short)."""
 
 
 class AsyncNerfTrainer(Trainer):
@@ -77,6 +86,6 @@ class AsyncNerfTrainer(Trainer):
         atomic_torch_save(state, ckpt_path)
         if self.config.save_only_latest_checkpoint:
             # Only after the new file is complete: a crash above leaves the previous checkpoint.
-            for old in self.checkpoint_dir.glob("*.ckpt"):
-                if old != ckpt_path:
-                    old.unlink()
+            files = sorted(self.checkpoint_dir.glob("step-*.ckpt"), key=checkpoint_step)
+            for old in files[: max(0, len(files) - max(1, self.config.keep_checkpoints))]:
+                old.unlink()

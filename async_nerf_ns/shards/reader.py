@@ -33,6 +33,7 @@ class CellRays:
         entry = manifest["cells"][cell]
         self.chunks: List[Tuple[Path, int]] = [(self.shard_set / c["file"], int(c["records"])) for c in entry["chunks"] if c["records"]]
         self.num_records = sum(n for _, n in self.chunks)
+        self._sizes = np.array([n for _, n in self.chunks], dtype=np.int64)
         self._loaded: Dict[Tuple[int, int], np.ndarray] = {}
         self._pending: Dict[Tuple[int, int], Future] = {}
         self._pool: Optional[ThreadPoolExecutor] = ThreadPoolExecutor(max_workers=1) if prefetch else None
@@ -76,12 +77,11 @@ class CellRays:
         """Records ``[start, start + count)`` of the endless epoch sequence."""
         if self.num_records == 0:
             return np.zeros(0, dtype=self.dtype)
-        sizes = np.array([self.chunks[c][1] for c in range(len(self.chunks))])
         pieces = []
         while count > 0:
             epoch, offset = divmod(start, self.num_records)
             order = self._order(epoch)
-            ends = np.cumsum(sizes[order])
+            ends = np.cumsum(self._sizes[order])
             position = int(np.searchsorted(ends, offset, side="right"))
             chunk = int(order[position])
             within = offset - (int(ends[position - 1]) if position else 0)
