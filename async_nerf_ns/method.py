@@ -7,6 +7,7 @@ hash grid sizes, samples per ray, iterations) so that a whole run takes minutes 
 from __future__ import annotations
 
 import dataclasses
+from typing import Dict
 
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
@@ -19,9 +20,9 @@ from async_nerf_ns.data.datamanager import AsyncNerfDataManagerConfig
 from async_nerf_ns.data.dataparser import AsyncNerfDataParserConfig
 from async_nerf_ns.engine.trainer import AsyncNerfTrainerConfig
 from async_nerf_ns.model.model import AsyncNerfModelConfig
-from async_nerf_ns.model.pose_refinement import DEPTH_POSE_GROUP
+from async_nerf_ns.model.param_groups import DEPTH_POSE_GROUP, TPF_GROUP
 from async_nerf_ns.partition.config import PartitionConfig
-from async_nerf_ns.pipeline import TPF_GROUP, AsyncNerfPipelineConfig
+from async_nerf_ns.pipeline import AsyncNerfPipelineConfig
 
 
 def _machine() -> MachineConfig:
@@ -80,7 +81,8 @@ def async_nerf_config() -> AsyncNerfTrainerConfig:
             ),
         ),
         optimizers=optimizer_templates(field_steps=200000, camera_steps=5000),
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        # At most 256 RGB frustums (nerfstudio: 512, each with a thumbnail): a 2,000-image capture opens quickly.
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15, max_num_display_images=256),
         vis="viewer",
     )
 
@@ -96,7 +98,7 @@ def async_nerf_small_config() -> AsyncNerfTrainerConfig:
     config.steps_per_eval_image = 500
     config.steps_per_eval_all_images = 1_000_000  # ns-eval does the full evaluation
     config.vis = "tensorboard"  # a live viewer steals the CPU from training; see README for ns-viewer
-    config.viewer = ViewerConfig(num_rays_per_chunk=1 << 12, quit_on_train_completion=True)
+    config.viewer = ViewerConfig(num_rays_per_chunk=1 << 12, quit_on_train_completion=True, max_num_display_images=256)
     pipeline = config.pipeline
     pipeline.datamanager.train_num_rays_per_batch = 384
     pipeline.datamanager.train_num_depth_rays_per_batch = 128
@@ -137,3 +139,12 @@ async_nerf_small = MethodSpecification(
     config=async_nerf_small_config(),
     description="async-nerf with a small preset for CPUs and the bundled example (minutes, not hours).",
 )
+
+
+def presets() -> Dict[str, AsyncNerfTrainerConfig]:
+    """The async-nerf methods by name (fresh configs), for commands that take a method like ns-train."""
+    return {"async-nerf": async_nerf_config(), "async-nerf-small": async_nerf_small_config()}
+
+
+def preset_descriptions() -> Dict[str, str]:
+    return {"async-nerf": async_nerf.description, "async-nerf-small": async_nerf_small.description}

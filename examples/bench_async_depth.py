@@ -117,9 +117,9 @@ def tpf_pose_table(scene: Path, seed: int = 1) -> List[Dict[str, Any]]:
     import numpy as np
     import torch
 
-    from async_nerf_ns.data.layout import read_layout
+    from async_nerf_ns.layout import read_layout
     from async_nerf_ns.scripts.tpf import METHODS, layout_problem, method_errors
-    from async_nerf_ns.trajectory import synthetic
+    from examples import trajectories as synthetic
     from async_nerf_ns.trajectory.baselines import CubicSplineInterp, LinearSlerp
     from async_nerf_ns.trajectory.fit import fit_tpf
     from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig

@@ -227,12 +227,8 @@ def train_in_process(
     started = time.perf_counter()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    prepare_s = 0.0
+    prepare_s = 0.0  # async-nerf writes its ray shards in trainer.setup (set-up time)
     datamanager = trainer.pipeline.datamanager
-    if hasattr(datamanager, "write_shards"):  # async-nerf writes its ray shards on the first step
-        prepare_started = time.perf_counter()
-        datamanager.train_pixel_sampler  # noqa: B018 (writes or opens the shards)
-        prepare_s = time.perf_counter() - prepare_started
     queue = getattr(datamanager, "data_queue", None)
     if queue is not None:  # ParallelDataManager: its worker's start-up (spawn, image caching) is set-up too
         deadline = time.perf_counter() + 600

@@ -62,7 +62,7 @@ def run_row(grid: List[int], scene: str, iterations: int, output: str, threads: 
         pipeline = trainer.pipeline
         timing = bc.time_rendering(pipeline.model, pipeline.datamanager.eval_dataset.cameras)
         timing["cells"] = pipeline.geometry.num_cells
-        timing["cells_with_pixels"] = len(pipeline.datamanager.cells_with_pixels())
+        timing["cells_with_pixels"] = len(pipeline.datamanager.train_pixel_sampler.cells)
         return timing
 
     name = f"grid-{grid[0]}x{grid[1]}"
@@ -92,9 +92,7 @@ def mask_timing(scene: Path, grids: List[Tuple[int, int]], samples_per_ray: int,
         masks = []
         for _ in range(repeats):
             started = time.perf_counter()
-            masks = compute_cluster_masks(
-                cameras, geometry.centroids, config, geometry.z_range, geometry.max_ray_length, show_progress=False
-            )
+            masks = compute_cluster_masks(cameras, geometry, config, show_progress=False)
             seconds = min(seconds, time.perf_counter() - started)
         import torch
 

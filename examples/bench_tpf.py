@@ -31,11 +31,11 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from async_nerf_ns.trajectory import synthetic
+from async_nerf_ns.trajectory.timed_poses import split_every
+from examples import trajectories as synthetic
 from async_nerf_ns.trajectory.baselines import CubicSplineInterp, LinearSlerp
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.metrics import pose_errors
-from async_nerf_ns.trajectory.rotations import quaternion_to_matrix
 from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
 
 NOISE_M, NOISE_DEG = 0.03, 0.3
@@ -60,6 +60,21 @@ class UpstreamLikeTPF(nn.Module):
     def forward(self, time: torch.Tensor) -> torch.Tensor:
         angles = time[:, None] * self.bands
         return self.net(torch.cat([time[:, None], torch.sin(angles), torch.cos(angles)], dim=-1))
+
+
+
+def quaternion_to_matrix(quaternion_xyzw):
+    """Unit quaternion (x, y, z, w: scipy's order) to a rotation matrix; the input is normalised
+    (the upstream-like baseline's output, which is not constrained to unit norm)."""
+    import torch
+
+    x, y, z, w = torch.nn.functional.normalize(quaternion_xyzw, dim=-1).unbind(-1)
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ]
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
 
 
 def fit_upstream_like(times: np.ndarray, poses: np.ndarray, steps: int = 2000, seed: int = 0) -> Predictor:
@@ -124,7 +139,7 @@ def methods(quick: bool) -> Dict[str, Callable[[np.ndarray, np.ndarray], Predict
 
 def run(frames: int, quick: bool) -> List[Tuple[str, str, Dict[str, object], float]]:
     trajectory = synthetic.drone_benchmark(duration_s=(frames - 1) / 10.0)
-    train, held_out = synthetic.split_every(trajectory.timestamps.shape[0], 8)
+    train, held_out = split_every(trajectory.timestamps.shape[0], 8)
     psf = trajectory.metres_per_unit
     rows = []
     for case in ("clean", "noisy"):
@@ -167,7 +182,7 @@ def main() -> None:
     # as `TimePoseFunctionConfig.cpu_threads` does for the TPF (threads mostly wait on each other).
     torch.set_num_threads(1)
     rows = run(args.frames, args.quick)
-    held_out = synthetic.split_every(args.frames, 8)[1].shape[0]
+    held_out = split_every(args.frames, 8)[1].shape[0]
     print()
     print(markdown(rows, args.frames, held_out))
 

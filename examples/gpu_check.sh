@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One-shot GPU check: on a machine with an NVIDIA GPU, set up .venv, try to install tiny-cuda-nn,
-# generate the example town, train `async-nerf` briefly with tcnn fields and with torch fields,
-# evaluate both with ns-eval and print one table (s/step, val PSNR, depth RMSE per implementation).
-# Never needed by the tests or CI.
+# One-shot GPU check: on a machine with an NVIDIA GPU, set up .venv (scripts/setup.sh picks a torch
+# build the driver supports), try to build tiny-cuda-nn (nvcc checked against torch's CUDA, the GPU's
+# architecture, bounded build jobs), generate the example town, train `async-nerf` with tcnn fields and
+# with torch fields past the warm-ups, evaluate both with ns-eval, count the host synchronisations of a
+# step, time merged rendering with and without nerfacc's occupancy grid, and print one table (s/step,
+# rays/s, val PSNR, depth RMSE, peak GPU memory per implementation). Never needed by the tests or CI.
 #
 # Usage: bash examples/gpu_check.sh [options] [-- extra ns-train arguments]
-#   --steps N           training steps per run (default 500)
+#   --steps N           training steps per run (default 2000: past the depth warm-up of every cell)
 #   --method NAME       ns-train method (default async-nerf, the GPU preset)
 #   --data DIR          dataset (default example_data/town, generated when it has no coordinates.pt)
 #   --out DIR           where runs, logs and the table go (default outputs/gpu_check)
@@ -22,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=500
+STEPS=2000
 METHOD=async-nerf
 DATA=example_data/town
 OUT=outputs/gpu_check
@@ -90,11 +92,26 @@ mkdir -p "$LOGS"
 # 3. tiny-cuda-nn: a CUDA source build; it may fail (no nvcc, a CUDA toolkit that does not match torch).
 tcnn_importable() { [ "$DRY_RUN" = 0 ] && python -c "import tinycudann" >/dev/null 2>&1; }
 TCNN_STATUS="not tried (--no-tcnn-install)"
+NVCC_PROBLEM=""
+if [ "$DRY_RUN" = 0 ] && [ "$CPU_SMOKE" = 0 ] && command -v nvcc >/dev/null 2>&1; then
+  NVCC_CUDA=$(nvcc --version | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+  TORCH_CUDA=$(python -c "import torch; print(torch.version.cuda or '')")
+  if [ "${NVCC_CUDA%%.*}" != "${TORCH_CUDA%%.*}" ]; then
+    NVCC_PROBLEM="nvcc is CUDA $NVCC_CUDA but torch is built for CUDA $TORCH_CUDA: install the matching toolkit (same major version)"
+  fi
+  # Build for this GPU only (e.g. 90 for an H100/H200): minutes instead of every architecture.
+  export TCNN_CUDA_ARCHITECTURES=${TCNN_CUDA_ARCHITECTURES:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '. ')}
+  # nvcc jobs take GBs of RAM each: bound them.
+  export MAX_JOBS=${MAX_JOBS:-$(( $(nproc) < 8 ? $(nproc) : 8 ))}
+  say "nvcc CUDA $NVCC_CUDA, torch CUDA $TORCH_CUDA, TCNN_CUDA_ARCHITECTURES=$TCNN_CUDA_ARCHITECTURES, MAX_JOBS=$MAX_JOBS"
+fi
 if tcnn_importable; then
   TCNN_STATUS="already installed"
 elif [ "$TCNN_INSTALL" = 1 ]; then
   if ! command -v nvcc >/dev/null 2>&1 && [ "$DRY_RUN" = 0 ]; then
     TCNN_STATUS="not installed: nvcc not found (install a CUDA toolkit matching torch's CUDA, then rerun)"
+  elif [ -n "$NVCC_PROBLEM" ]; then
+    TCNN_STATUS="not installed: $NVCC_PROBLEM"
   else
     say "building tiny-cuda-nn (10-20 minutes; log: $LOGS/tcnn_install.log)"
     # --no-build-isolation: its setup.py imports the torch it builds against (the venv's).
@@ -129,6 +146,14 @@ DEVICE_ARGS=()
 if [ "$CPU_SMOKE" = 1 ]; then
   DEVICE_ARGS=(--machine.device-type cpu)
 fi
+PEAK_MEMORY_NS_TRAIN='import atexit, sys, torch
+def report():
+    if torch.cuda.is_available():
+        print(f"PEAK_GPU_MB {torch.cuda.max_memory_allocated() / 2**20:.0f}")
+atexit.register(report)
+sys.argv[0] = "ns-train"
+from nerfstudio.scripts.train import entrypoint
+entrypoint()'
 FAILED=0
 RESULTS=()
 for impl in "${IMPLEMENTATIONS[@]}"; do
@@ -139,7 +164,8 @@ for impl in "${IMPLEMENTATIONS[@]}"; do
   start=$(date +%s)
   # Checkpoint, evaluations and the viewer off during the run: the timing is the training's own;
   # nerfstudio still saves a checkpoint at the end, and ns-eval evaluates it.
-  if ! run ns-train "$METHOD" --data "$DATA" --output-dir "$OUT" --experiment-name runs \
+  # ns-train itself, in a Python that prints the peak GPU memory when it exits.
+  if ! run python -c "$PEAK_MEMORY_NS_TRAIN" "$METHOD" --data "$DATA" --output-dir "$OUT" --experiment-name runs \
       --timestamp "$impl" --max-num-iterations "$STEPS" --vis tensorboard \
       --steps-per-save 1000000 --steps-per-eval-batch 1000000 --steps-per-eval-image 1000000 \
       --steps-per-eval-all-images 1000000 --pipeline.model.implementation "$impl" \
@@ -150,6 +176,14 @@ for impl in "${IMPLEMENTATIONS[@]}"; do
   if [ "$STATUS" = ok ] && ! run ns-eval --load-config "$RUN_DIR/config.yml" --output-path "$RUN_DIR/eval.json" \
       >"$LOGS/eval_$impl.log" 2>&1; then
     STATUS="ns-eval failed: $(tail -n 1 "$LOGS/eval_$impl.log")"
+  fi
+  if [ "$STATUS" = ok ] && [ "$CPU_SMOKE" = 0 ] && [ "$DRY_RUN" = 0 ]; then
+    run python examples/gpu_sync_probe.py --data "$DATA" --method "$METHOD" --implementation "$impl" \
+      --output "$RUN_DIR/sync.json" >"$LOGS/sync_$impl.log" 2>&1 || say "$impl: sync probe failed (see $LOGS/sync_$impl.log)"
+    if [ -f examples/bench_occupancy.py ]; then
+      run python examples/bench_occupancy.py --load-config "$RUN_DIR/config.yml" --output "$RUN_DIR/occupancy.json" \
+        >"$LOGS/occupancy_$impl.log" 2>&1 || say "$impl: occupancy benchmark failed (see $LOGS/occupancy_$impl.log)"
+    fi
   fi
   [ "$STATUS" = ok ] || { FAILED=1; say "$impl: $STATUS"; }
   RESULTS+=("$impl|$RUN_DIR|$TRAIN_S|$STATUS")
@@ -186,6 +220,30 @@ def seconds_per_step(run_dir: Path):
 
 
 device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke test, figures meaningless)"
+logs = out / "logs"
+
+
+def peak_gpu_mb(impl: str):
+    log = logs / f"train_{impl}.log"
+    lines = [line for line in log.read_text().splitlines() if line.startswith("PEAK_GPU_MB")] if log.is_file() else []
+    return float(lines[-1].split()[1]) if lines else None
+
+
+def rays_per_step(config_path: Path):
+    try:
+        import yaml
+
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+        data = config.pipeline.datamanager
+        return data.train_num_rays_per_batch + data.train_num_depth_rays_per_batch
+    except Exception:
+        return None
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 rows = []
 for entry in results:
     impl, run_dir, train_s, status = entry.split("|", 3)
@@ -193,10 +251,19 @@ for entry in results:
     metrics = {}
     if (run_dir / "eval.json").is_file():
         metrics = json.loads((run_dir / "eval.json").read_text())["results"]
+    s_per_step = seconds_per_step(run_dir)
+    rays = rays_per_step(run_dir / "config.yml")
+    sync = read_json(run_dir / "sync.json")
+    occupancy = read_json(run_dir / "occupancy.json")
     rows.append(
         {
             "implementation": impl,
-            "s_per_step": seconds_per_step(run_dir),
+            "s_per_step": s_per_step,
+            "train_rays_per_s": rays / s_per_step if rays and s_per_step else None,
+            "peak_gpu_mb": peak_gpu_mb(impl),
+            "syncs_per_step": sync.get("syncs_per_step"),
+            "our_syncs_per_step": sync.get("ours_per_step"),
+            "occupancy": occupancy,
             "train_wall_s": int(train_s),
             "val_psnr": metrics.get("psnr"),
             "depth_rmse_m": metrics.get("depth_rmse_m"),
@@ -214,16 +281,21 @@ lines = [
     f"GPU check: {method}, {steps} steps per run, on {device}; torch {torch.__version__} (CUDA {torch.version.cuda})",
     f"tiny-cuda-nn: {tcnn_status}",
     "",
-    "| implementation | s/step | ns-train wall (s) | val PSNR (dB) | depth RMSE (m) | status |",
-    "|---|---:|---:|---:|---:|---|",
+    "| implementation | s/step | train rays/s | ns-train wall (s) | val PSNR (dB) | depth RMSE (m) | peak GPU MB | syncs/step (ours) | status |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---|",
 ]
 for row in rows:
+    syncs = "n/a" if row["syncs_per_step"] is None else f"{row['syncs_per_step']:.1f} ({row['our_syncs_per_step']:.1f})"
     lines.append(
-        f"| {row['implementation']} | {cell(row['s_per_step'], '.4f')} | {row['train_wall_s']} | "
-        f"{cell(row['val_psnr'], '.2f')} | {cell(row['depth_rmse_m'], '.2f')} | {row['status']} |"
+        f"| {row['implementation']} | {cell(row['s_per_step'], '.4f')} | {cell(row['train_rays_per_s'], '.0f')} | "
+        f"{row['train_wall_s']} | {cell(row['val_psnr'], '.2f')} | {cell(row['depth_rmse_m'], '.2f')} | "
+        f"{cell(row['peak_gpu_mb'], '.0f')} | {syncs} | {row['status']} |"
     )
 if not any(row["implementation"] == "tcnn" for row in rows):
-    lines.append("| tcnn | n/a | n/a | n/a | n/a | not run: tiny-cuda-nn is not importable |")
+    lines.append("| tcnn | n/a | n/a | n/a | n/a | n/a | n/a | n/a | not run: tiny-cuda-nn is not importable |")
+for row in rows:
+    if row["occupancy"]:
+        lines.append(f"\nmerged rendering, {row['implementation']} fields: {json.dumps(row['occupancy'])}")
 table = "\n".join(lines)
 print("\n" + table)
 (out / "gpu_check.md").write_text(table + "\n")

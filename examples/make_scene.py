@@ -79,6 +79,11 @@ class SceneSpec:
     """Time of the first depth frame after the first RGB frame."""
     depth_jitter_ms: int = 2
     """Depth timestamps are jittered uniformly by up to this many milliseconds."""
+    depth_clock_offset_ms: int = 0
+    """The depth sensor's clock runs this many milliseconds behind the RGB clock: a depth frame taken
+    at RGB-clock time t is stamped t - offset, so its pose is TPF(stamp + offset) (the offset
+    async-nerf estimates). Its prior pose is the RGB frame nearest to the stamp, as a naive pipeline
+    would pick it."""
     depth_max_range_m: float = 250.0
     """Depth is 0 (no measurement) where the ray distance to the hit exceeds this, or at the sky."""
     val_every: int = 8
@@ -577,12 +582,15 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
             "and never equal to an RGB timestamp"
         )
     assert (np.diff(rgb_ms) > 0).all()
-    stems = {k: [f"{spec.start_time + ms / 1000:.3f}" for ms in v] for k, v in (("rgb", rgb_ms), ("depth", depth_ms))}
+    stamp_ms = depth_ms - spec.depth_clock_offset_ms  # what the depth sensor's clock says
+    if np.isin(stamp_ms, rgb_ms).any():
+        raise ValueError(f"depth_clock_offset_ms={spec.depth_clock_offset_ms}: a depth stamp equals an RGB stamp")
+    stems = {k: [f"{spec.start_time + ms / 1000:.3f}" for ms in v] for k, v in (("rgb", rgb_ms), ("depth", stamp_ms))}
 
     rot_rgb, pos_rgb = trajectory.pose(rgb_ms / 1000)
     rot_depth, pos_depth = trajectory.pose(depth_ms / 1000)
     assert (scene.signed_distance(np.concatenate([pos_rgb, pos_depth])) > 1.0).all(), "a camera is inside a box"
-    nearest = np.abs(depth_ms[:, None] - rgb_ms[None, :]).argmin(axis=1)
+    nearest = np.abs(stamp_ms[:, None] - rgb_ms[None, :]).argmin(axis=1)
 
     # Normalised DRB: c2w[:, 3] = (p_drb - origin_drb) / pose_scale_factor, cameras within the unit ball.
     to_drb = M_TOWN_FROM_DRB.T

@@ -3,12 +3,10 @@ holds only that cell's shards (as a cluster task does)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 import tyro
 from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
+from async_nerf_ns.files.cache_dir import fallback_cache_dir
 from async_nerf_ns.scripts.partition import partition
 from async_nerf_ns.shards.format import cell_folder
 from conftest import run_command
@@ -40,6 +39,8 @@ def test_a_cell_trains_with_the_other_cells_shards_deleted(example_scene: Path, 
     shards = tmp_path / "shards"
     args = ["async-nerf-small", "--data", str(example_scene), "--pipeline.datamanager.shards.shard-dir", str(shards)]
     summary = partition(tyro.cli(AnnotatedBaseConfigUnion, args=args))
+    # A written set leaves nothing but itself and the summaries (no lock or partial folders).
+    assert sorted(p.name.split("-")[0] for p in shards.iterdir()) == ["depth", "partition.json", "partition.png", "rgb"]
     for shard_set in (Path(summary["rgb_shards"]), Path(summary["depth_shards"])):
         for cell in (0, 2, 3):
             shutil.rmtree(cell_folder(shard_set, cell))
@@ -78,7 +79,7 @@ def test_a_read_only_dataset_trains_and_stays_untouched(example_scene: Path, tmp
         for path in paths:
             os.chmod(path, path.stat().st_mode | stat.S_IWUSR)
     # The one cache rule: the stage-1 TPF and the shards went to the fallback folder.
-    fallback = Path(tempfile.gettempdir()) / "async_nerf_cache" / hashlib.sha1(str(data.resolve()).encode()).hexdigest()[:12]
+    fallback = fallback_cache_dir(data)
     try:
         assert len(list((fallback / "stage1").glob("tpf-*.pt"))) == 1
         assert {p.name.split("-")[0] for p in (fallback / "shards").iterdir() if p.is_dir()} == {"rgb", "depth"}
@@ -86,3 +87,8 @@ def test_a_read_only_dataset_trains_and_stays_untouched(example_scene: Path, tmp
         shutil.rmtree(fallback, ignore_errors=True)
     assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
     assert [int(_state(out)[f"_model.cells.{k}.steps"]) for k in range(4)] == [STEPS // 4] * 4
+
+
+def test_the_partition_command_offers_the_async_nerf_methods_only(tmp_path: Path):
+    usage = run_command(["async-nerf-partition", "--help"], cwd=tmp_path).stdout
+    assert "{async-nerf,async-nerf-small}" in usage and "nerfacto" not in usage

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from async_nerf_ns.cluster.assemble import AssemblyError, assemble_cell_states, assemble_frame_table
-from async_nerf_ns.scripts.merge import frame_pixel_counts
+from async_nerf_ns.cluster.merge import frame_pixel_counts
 from conftest import run_command
 
 ITERATIONS = 80

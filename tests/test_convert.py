@@ -23,11 +23,12 @@ import tyro
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from async_nerf_ns.data.convert import ConvertConfig, convert_raw
-from async_nerf_ns.data.raw_capture import RawDataError
-from async_nerf_ns.data.raw_poses import ENU_TO_DRB, drb_c2w_to_raw, nearest_in_time, raw_c2w_to_drb
-from async_nerf_ns.data.layout import LayoutWarning, read_layout
-from async_nerf_ns.data.output_folder import MANIFEST_FILE, OutputFolderError
+from async_nerf_ns.convert.convert import ConvertConfig, convert_raw
+from async_nerf_ns.convert.raw_capture import RawDataError
+from async_nerf_ns.convert.poses import ENU_TO_DRB, OPENCV_TO_OPENGL_CAMERA, POSE_CONVENTIONS, raw_c2w_to_drb
+from async_nerf_ns.trajectory.timed_poses import nearest_in_time
+from async_nerf_ns.layout import LayoutWarning, read_layout
+from async_nerf_ns.convert.output_folder import MANIFEST_FILE, OutputFolderError
 from async_nerf_ns.scripts import convert as convert_script
 
 T0 = 1667117650.0
@@ -43,6 +44,20 @@ INTRINSICS = {
     TRACK: {"fx": 5.0, "fy": 5.5, "cx": 2.0, "cy": 1.5},
 }
 
+
+
+def drb_c2w_to_raw(c2w_drb: np.ndarray, convention: str) -> np.ndarray:
+    """The inverse of `raw_c2w_to_drb`: DRB metres back to a raw pose in `convention`."""
+    c2w_drb = np.asarray(c2w_drb, dtype=np.float64)[..., :3, :]
+    if convention == "drb":
+        return c2w_drb.copy()
+    if convention not in ("opengl-enu", "opencv-enu"):
+        raise ValueError(f"unknown pose convention '{convention}'; expected one of {POSE_CONVENTIONS}")
+    rotation = np.einsum("ij,...jk->...ik", ENU_TO_DRB.T, c2w_drb[..., :3])
+    if convention == "opencv-enu":
+        rotation = rotation @ OPENCV_TO_OPENGL_CAMERA
+    position = np.einsum("ij,...j->...i", ENU_TO_DRB.T, c2w_drb[..., 3])
+    return np.concatenate([rotation, position[..., None]], axis=-1)
 
 def enu_opengl_pose(t: float) -> np.ndarray:
     """4x4 camera-to-world, ENU metres, OpenGL camera axes, at t seconds after T0."""
@@ -431,3 +446,88 @@ def test_a_failed_overwrite_keeps_the_earlier_output(converted):
         convert_raw(config(raw, out, overwrite=True))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["out", "raw"]
+
+
+# --- pose files, extrinsics and clock offsets on the folder source ------------------------------
+
+
+def _tum_of_raw(raw: Path, times) -> Path:
+    """A TUM file of the raw capture's OpenGL ENU poses at T0 + times (rgb_poses/ removed)."""
+    lines = []
+    for t in times:
+        pose = enu_opengl_pose(t)
+        q = Rotation.from_matrix(pose[:3, :3]).as_quat()
+        lines.append(" ".join(f"{v:.12f}" for v in [T0 + t, *pose[:3, 3], *q]))
+    shutil.rmtree(raw / "rgb_poses")
+    path = raw.parent / "trajectory.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_folder_with_a_tum_trajectory_gives_the_same_dataset(raw, converted, tmp_path):
+    tum = _tum_of_raw(raw, np.arange(-0.5, 11.6, 0.25))  # 4 Hz, so every frame is at a sample
+    out = tmp_path / "tum"
+    summary = convert_raw(config(raw, out, tum=tum))
+    reference, layout = converted[2], read_layout(out)
+    for a, b in zip(reference.splits["train"].rgb, layout.splits["train"].rgb, strict=True):
+        np.testing.assert_allclose(b.c2w, a.c2w, atol=4e-12)  # 12 decimals in the file: measured 1.2e-12
+    assert f"RGB poses from {tum}: 12 of 12 frames at a pose sample, 0 interpolated" in summary.notes
+
+
+def test_folder_tum_between_frames_is_interpolated_and_partial_coverage_warned(raw, tmp_path):
+    tum = _tum_of_raw(raw, np.arange(2.1, 12.0, 0.5))  # from 2.1 s: frames 0, 1, 2 have no pose
+    out = tmp_path / "out"
+    with pytest.warns(LayoutWarning, match=re.escape(f"{tum} covers 9 of the 12 frames of {raw / 'rgb'}; left out 3 "
+                                                     "frames without a pose: 3 before its first pose")):
+        summary = convert_raw(config(raw, out, tum=tum))
+    with pytest.warns(LayoutWarning):  # depth frames at 0.4 s is now before the first RGB frame
+        layout = read_layout(out)
+    frames = sorted((f for s in layout.splits.values() for f in s.rgb), key=lambda f: f.timestamp)
+    assert [f.timestamp - T0 for f in frames] == pytest.approx(RGB_T[3:], abs=1e-6)
+    # Yaw at a constant rate and a straight line at constant speed: linear + SLERP is exact between samples,
+    # up to the float64 resolution of Unix times (2.4e-7 s): measured 1.7e-8 (rotation), 1.9e-7 m; x3 margin.
+    coords = layout.coordinates
+    for frame in frames:
+        back = ENU_FROM_DRB @ frame.c2w
+        back[:, 3] = ENU_FROM_DRB @ (frame.c2w[:, 3] * coords.pose_scale_factor + coords.origin_drb)
+        truth = enu_opengl_pose(frame.timestamp - T0)[:3]
+        assert np.abs(back[:, :3] - truth[:, :3]).max() < 5e-8 and np.abs(back[:, 3] - truth[:, 3]).max() < 6e-7
+    assert "0 of 9 frames at a pose sample" not in summary.notes[0] and "9 interpolated" in summary.notes[0]
+
+
+def test_folder_refuses_rgb_poses_and_a_pose_file_together(raw, tmp_path):
+    tum = tmp_path / "trajectory.txt"
+    tum.write_text(f"{T0} 0 0 0 0 0 0 1\n")
+    with pytest.raises(RawDataError, match=re.escape(f"{raw / 'rgb_poses'}: RGB poses come from --tum")):
+        convert_raw(config(raw, tmp_path / "out", tum=tum))
+
+
+def test_camera_to_body_applies_to_every_rgb_pose(raw, tmp_path):
+    # rgb_poses/ are the poses of a body whose camera sits 1 m along the body's x axis, turned 90 deg about z.
+    out = tmp_path / "out"
+    extrinsic = (1.0, 0.0, 0.0, *Rotation.from_euler("z", 90, degrees=True).as_quat())
+    convert_raw(config(raw, out, camera_to_body=extrinsic))
+    coords = read_layout(out).coordinates
+    frame = read_layout(out).splits["train"].rgb[0]
+    body = enu_opengl_pose(0.0)
+    body_from_camera = np.eye(4)
+    body_from_camera[:3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]  # 90 deg about z, by hand
+    body_from_camera[0, 3] = 1.0
+    camera = body @ body_from_camera
+    back = ENU_FROM_DRB @ frame.c2w
+    back[:, 3] = ENU_FROM_DRB @ (frame.c2w[:, 3] * coords.pose_scale_factor + coords.origin_drb)
+    np.testing.assert_allclose(back, camera[:3], atol=1e-9)
+
+
+def test_folder_depth_time_offset(raw, tmp_path):
+    out = tmp_path / "out"
+    summary = convert_raw(config(raw, out, depth_time_offset={TRACK: 0.2}))
+    depth = sorted((f for s in read_layout(out).splits.values() for f in s.depth[TRACK]), key=lambda f: f.timestamp)
+    assert [f.timestamp - T0 for f in depth] == pytest.approx(DEPTH_T + 0.2, abs=1e-6)
+    assert [f.stem for f in depth] == [stem(t) for t in DEPTH_T]  # file names keep the sensor's stamp
+    # 2.9 s + 0.2 = 3.1 s: the nearest RGB frame stays 3 s; 0.4 + 0.2 = 0.6 s: it becomes 1 s (was 0 s).
+    rgb_by_time = {round(f.timestamp - T0): f for s in read_layout(out).splits.values() for f in s.rgb}
+    np.testing.assert_array_equal(depth[0].c2w_prior, rgb_by_time[1].c2w)
+    assert f"depth track {TRACK}: +200.000 ms added to its stamps (RGB clock)" in summary.notes
+    with pytest.raises(RawDataError, match="--depth-time-offset names track 'tof'"):
+        convert_raw(config(raw, tmp_path / "out2", depth_time_offset={"tof": 0.2}))

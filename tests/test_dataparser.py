@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
-from async_nerf_ns.data.layout import LayoutError, load_depth_metres
-from async_nerf_ns.data.scene_metadata import DRB_TO_WORLD, AsyncNerfMetadata, drb_c2w_to_world
+from async_nerf_ns.layout import LayoutError, load_depth_metres
+from async_nerf_ns.data.scene_metadata import AsyncNerfMetadata
+from async_nerf_ns.layout.frames import DRB_TO_WORLD, drb_c2w_to_world
 from layout_factory import LOOK_DOWN_DRB, first_file, metadata_path, rewrite_metadata, rgb_pose, write_tiny_layout
 from nerfstudio.cameras.cameras import CameraType
 

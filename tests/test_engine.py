@@ -10,7 +10,7 @@ import torch
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
-from async_nerf_ns.engine.checkpoints import PARTIAL_SUFFIX, atomic_torch_save, to_plain_python
+from async_nerf_ns.files.checkpoints import PARTIAL_SUFFIX, atomic_torch_save, to_plain_python
 from async_nerf_ns.engine.optimizers import CellOptimizers, expand_cell_optimizers
 
 

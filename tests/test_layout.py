@@ -13,8 +13,8 @@ import torch
 import tyro
 from PIL import Image
 
-from async_nerf_ns.data.convert import ConvertConfig
-from async_nerf_ns.data.layout import (
+from async_nerf_ns.convert.convert import ConvertConfig
+from async_nerf_ns.layout import (
     DEPTH_DIR_PREFIXES,
     DEPTH_EXTENSIONS,
     LAYOUT_DOC,

@@ -9,10 +9,9 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
-from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY
+from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
 from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.model.merged import MergedDensityFn, MergedField
-from async_nerf_ns.data.ray_keys import DATA_SETUP_KEY
 from async_nerf_ns.model.model import AsyncNerfModel
 from async_nerf_ns.partition.routing import route_to_cells
 
@@ -28,7 +27,9 @@ def model() -> AsyncNerfModel:
     model = config.setup(
         scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])),
         num_train_data=NUM_IMAGES,
-        metadata={DATA_SETUP_KEY: {"centroids": CENTROIDS, "num_depth_frames": 3}},
+        metadata={},
+        centroids=CENTROIDS,
+        num_depth_frames=3,
         device="cpu",
     )
     # Different random weights per cell, so that routing to the wrong cell would show.
@@ -68,7 +69,7 @@ def test_merged_density_equals_each_cells_density_inside_its_cell(model: AsyncNe
     cells = route_to_cells(points, CENTROIDS)
     with torch.no_grad():
         for iteration in range(model.config.num_proposal_iterations):
-            merged = MergedDensityFn(model.cells, CENTROIDS, iteration)(points)
+            merged = MergedDensityFn(model.router, iteration)(points)
             for k in range(4):
                 inside = cells == k
                 assert inside.sum() > 500  # the random points cover every cell
@@ -81,9 +82,8 @@ def test_merged_density_equals_each_cells_density_inside_its_cell(model: AsyncNe
 def test_merged_field_equals_cell_field_on_ray_samples_inside_the_cell(model: AsyncNerfModel):
     bundle = _bundle(64, seed=1)
     with torch.no_grad():
-        merged_view = model._renderer(None)
-        samples, _, _ = merged_view.proposal_sampler(bundle, density_fns=merged_view.density_fns)
-        merged = MergedField(model.cells, CENTROIDS)(samples)
+        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
+        merged = MergedField(model.router)(samples)
         cells = route_to_cells(samples.frustums.get_positions(), CENTROIDS)
         for k in range(4):
             inside = cells == k
@@ -96,10 +96,9 @@ def test_training_batch_renders_and_steps_only_its_cell(model: AsyncNerfModel):
     model.train()
     try:
         bundle = _bundle(32, seed=2)
-        bundle.metadata[CELL_KEY] = torch.full((32, 1), 2, dtype=torch.long)
         bundle.metadata[DEPTH_FRAME_KEY] = torch.full((32, 1), -1, dtype=torch.long)
         model.zero_grad(set_to_none=True)
-        outputs = model(bundle)
+        outputs = model(bundle, cell=2)
         outputs["rgb"].sum().backward()
         with_grad = {k for k, cell in enumerate(model.cells) if any(p.grad is not None for p in cell.parameters())}
         assert with_grad == {2}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from async_nerf_ns.data.depth_frames import planar_to_ray_factor
-from async_nerf_ns.data.cell_shards import pixel_rows_columns
-from async_nerf_ns.evaluation import depth_errors
+from async_nerf_ns.layout.frame_files import planar_to_ray_factor
+from async_nerf_ns.data.datamanager import _pack_records, ray_indices
+from async_nerf_ns.evaluation.depth import depth_errors
 from async_nerf_ns.model.depth_loss import depth_loss
 from async_nerf_ns.shards.format import RGB_RECORD
 
@@ -20,8 +20,12 @@ def test_shard_records_become_ray_indices_across_images_of_different_sizes():
     # is row 0, column 1.
     records = np.zeros(3, dtype=RGB_RECORD)
     records["image"], records["pixel"] = [0, 1, 0], [5, 1, 0]
-    indices = pixel_rows_columns(records, torch.tensor([3, 2]))
+    records["rgb"] = [[255, 0, 7], [1, 2, 3], [0, 128, 0]]
+    packed = _pack_records(records, None, pin=False)
+    indices = ray_indices(packed, torch.tensor([3, 2]))
     assert indices.tolist() == [[0, 1, 2], [1, 0, 1], [0, 0, 0]]
+    # The colour travels in the third column, 8 bits per channel.
+    assert [[(int(v) >> shift) & 255 for shift in (0, 8, 16)] for v in packed[:, 2]] == records["rgb"].tolist()
 
 
 def test_planar_depth_to_ray_distance_factor_at_pixel_centres():

@@ -7,6 +7,8 @@ machinery: RigPoseOptimizer's SO3xR3 corrections applied to depth rays + the dep
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras
@@ -126,9 +128,12 @@ def test_tpf_finetuning_through_the_depth_loss_moves_held_out_depth_frames_too()
 
     measured = corner_depth(*_depth_rays(gt, train)[:2])
     origins, directions, frame_of_ray = _depth_rays(stage1, train)
-    rig = RigPoseOptimizer(CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="off"), num_rgb=1, num_depth=20)
+    corrections = TPFRayCorrections(depth_times.double().numpy())
+    corrections.retarget(tpf, copy.deepcopy(tpf).requires_grad_(False))
+    rig = RigPoseOptimizer(
+        CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="off"), num_rgb=1, num_depth=20, trajectory=corrections
+    )
     rig.depth_active = True
-    rig.trajectory = TPFRayCorrections(tpf, depth_times.double().numpy(), stage1)
     refine(rig, tpf.parameters(), 1e-3, origins, directions, frame_of_ray, measured)
 
     with torch.no_grad():

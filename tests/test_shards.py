@@ -60,10 +60,7 @@ def test_partition_command_writes_shards_that_equal_the_cluster_masks(tmp_path):
     datamanager = config.pipeline.datamanager.setup(device="cpu", test_mode="val")
     cameras = datamanager.train_dataset.cameras
     geometry = datamanager.geometry
-    masks = compute_cluster_masks(
-        cameras, geometry.centroids, config.pipeline.datamanager.partition, geometry.z_range,
-        max_ray_length=geometry.max_ray_length, show_progress=False,
-    )
+    masks = compute_cluster_masks(cameras, geometry, config.pipeline.datamanager.partition, show_progress=False)
     rgb_set = Path(summary["rgb_shards"])
     for cell in range(2):
         records = _records_by_cell(rgb_set, cell)
@@ -90,7 +87,7 @@ def _image_pixels(num_images: int, pixels: int):
 
     def image(index: int):
         p = np.arange(pixels)
-        membership = np.stack([(p % 3 == 0) | (p % 2 == 0), p % 3 == 1, p % 3 == 2], axis=1)
+        membership = np.stack([(p % 3 == 0) | (p % 2 == 0), p % 3 == 1, p % 3 == 2])  # cells x pixels
         colours = np.stack([np.full(pixels, index), p % 256, np.full(pixels, 7)], axis=1).astype(np.uint8)
         return membership, colours
 
@@ -134,3 +131,22 @@ def test_batches_are_a_function_of_seed_cell_and_step_and_cover_an_epoch_once(tm
     assert other_seed.batch(7, batch).tobytes() != reader.batch(7, batch).tobytes()
     # Bounded memory: at most the chunk in use and the one prefetched.
     assert len(reader._loaded) + len(reader._pending) <= 2
+
+
+def test_every_chunk_gets_an_even_random_share_of_every_image(tmp_path):
+    # Each image's records of a cell are dealt over the cell's chunks one per block of `chunks` records at
+    # random (writer._stratified_order): per image the chunks' shares differ by one record at most, so
+    # over 40 images by 40 at most, and every chunk holds records of every image. Another seed deals
+    # other records to each chunk (the same ones in all).
+    layout = ShardLayout(num_cells=3, num_images=40, chunks_per_cell=4, shuffle_buffer_records=500)
+    sets = {seed: write_shard_set(tmp_path / f"rgb-{seed}", "rgb", layout, _image_pixels(40, 100), seed, "s") for seed in (0, 1)}
+    for cell, per_image in ((0, 67), (1, 33), (2, 33)):
+        chunks = [np.fromfile(chunk_path(sets[0], cell, c), dtype=RECORDS["rgb"]) for c in range(4)]
+        sizes = [len(c) for c in chunks]
+        assert sum(sizes) == 40 * per_image and max(sizes) - min(sizes) <= 40
+        for chunk in chunks:
+            images, counts = np.unique(chunk["image"], return_counts=True)
+            assert len(images) == 40 and counts.min() >= per_image // 4 and counts.max() <= -(-per_image // 4)
+        other = [np.fromfile(chunk_path(sets[1], cell, c), dtype=RECORDS["rgb"]) for c in range(4)]
+        assert not all(np.array_equal(np.sort(a["pixel"]), np.sort(b["pixel"])) for a, b in zip(chunks, other))
+        assert np.array_equal(np.sort(np.concatenate(chunks).view("V11")), np.sort(np.concatenate(other).view("V11")))

@@ -12,8 +12,8 @@ import torch
 from layout_factory import write_tiny_layout
 
 from async_nerf_ns.scripts import tpf as tpf_command
-from async_nerf_ns.trajectory import synthetic
-from async_nerf_ns.trajectory.pose_files import read_pose_txt, write_pose_txt
+from examples import trajectories as synthetic
+from async_nerf_ns.layout.pose_files import read_pose_txt, write_pose_txt
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -34,11 +34,13 @@ import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from torch import Tensor
 
-from async_nerf_ns.engine.checkpoints import atomic_torch_save
+from async_nerf_ns.files.checkpoints import atomic_torch_save, checkpoint_name, checkpoints_by_step
+from async_nerf_ns.shards.sets import image_counts
 
 TRAINED_CELLS_KEY = "trained_cells"
 CENTROIDS_KEY = "_model.centroids"
-CELL_PREFIX = "_model.cells."
+CELL_STATE_PREFIX = "_model.cells."
+"""Pipeline state keys of the cells' fields: ``_model.cells.<k>.field...``."""
 FRAME_TABLES = {
     "_model.camera_optimizer.rgb.pose_adjustment": "rgb",
     "_model.camera_optimizer.depth.pose_adjustment": "depth",
@@ -54,9 +56,9 @@ class AssemblyError(ValueError):
 
 def cell_of_key(key: str) -> int:
     """``_model.cells.3.field.mlp...`` -> 3; -1 for keys that belong to no cell."""
-    if not key.startswith(CELL_PREFIX):
+    if not key.startswith(CELL_STATE_PREFIX):
         return -1
-    return int(key[len(CELL_PREFIX) :].split(".", 1)[0])
+    return int(key[len(CELL_STATE_PREFIX) :].split(".", 1)[0])
 
 
 def cell_owners(
@@ -171,30 +173,59 @@ def assemble_cell_states(
     return assembled
 
 
+def shard_pixel_counts(prepared: Mapping[str, Optional[Path]]) -> Dict[str, np.ndarray]:
+    """(frames, cells) training pixels per frame kind ("rgb", "depth") of prepared shard sets
+    (``prepare_training_data``'s ``rgb_shards``/``depth_shards``)."""
+    counts = {}
+    for kind in ("rgb", "depth"):
+        folder = prepared.get(f"{kind}_shards")
+        if folder is not None:
+            counts[kind] = image_counts(Path(folder))
+    return counts
+
+
 def write_assembled_run(
-    config: TrainerConfig, state: Mapping[str, Tensor], step: int, transforms: Optional[Path] = None
+    config: TrainerConfig, state: Mapping[str, Tensor], step: int, transforms: Optional[Path] = None,
+    check: bool = True,
 ) -> Path:
     """An ordinary nerfstudio run directory at ``config.get_base_dir()``: config.yml (all cells),
     ``nerfstudio_models/step-<step>.ckpt`` and dataparser_transforms.json (copied from ``transforms``).
 
-    It is then loaded back the way ns-eval and ns-viewer load it (``eval_setup``); the pipeline loads
-    strictly, so a missing or mismatched cell fails here rather than rendering an untrained cell.
-    Returns the config.yml path.
+    With ``check``, it is then loaded back here (``check_assembled_run``); without, the caller checks
+    it where the cells' field implementation loads (a cluster driver: on a GPU node). Returns the
+    config.yml path.
     """
-    from nerfstudio.utils.eval_utils import eval_setup
-
     config.pipeline.datamanager.cells = None
     config.load_dir, config.load_step, config.load_checkpoint = None, None, None
     base = config.get_base_dir()
     config.save_config()
+    name = checkpoint_name(step)
     atomic_torch_save(
         {"step": int(step), "pipeline": dict(state), "optimizers": {}, "schedulers": {}, "scalers": {}},
-        config.get_checkpoint_dir() / f"step-{int(step):09d}.ckpt",
+        config.get_checkpoint_dir() / name,
     )
-    for old in config.get_checkpoint_dir().glob("step-*.ckpt"):  # an earlier assembly of fewer steps
-        if old.name != f"step-{int(step):09d}.ckpt":
+    for old in checkpoints_by_step(config.get_checkpoint_dir()):  # an earlier assembly of fewer steps
+        if old.name != name:
             old.unlink()
     if transforms is not None and Path(transforms).exists():
         shutil.copy(transforms, base / "dataparser_transforms.json")
-    eval_setup(base / "config.yml", test_mode="inference")
+    if check:
+        check_assembled_run(base / "config.yml")
     return base / "config.yml"
+
+
+def check_assembled_run(config_path: Path) -> Dict[str, object]:
+    """Loads an assembled run back the way ns-eval and ns-viewer load it (nerfstudio's ``eval_setup``);
+    the pipeline loads strictly, so a missing or mismatched cell fails here rather than rendering an
+    untrained cell (and so do tcnn cells where tinycudann or CUDA is missing: nerfstudio then builds
+    torch fields, whose keys differ). Returns where it loaded (host, pid, device, the configured field
+    implementation) and its step.
+    """
+    import os
+    import socket
+
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    config, pipeline, _, step = eval_setup(Path(config_path), test_mode="inference")
+    return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(pipeline.device),
+            "implementation": config.pipeline.model.implementation, "step": int(step)}

@@ -4,8 +4,10 @@
 driver), restricts it to cell ``k`` and trains it in ``RUN/cells/cell_<k>/``. Everything it writes is
 named so that running it again finds it (Ray reruns a task from the start after its worker died):
 
-- ``attempts.log``: one line per start (attempt, pid, host, step it starts from, time);
-- ``progress.json``: the step reached, rewritten atomically every ``progress_every`` steps;
+- ``attempts.log``: one line per start (attempt, pid, host, Ray node id, step it starts from, device,
+  field implementation, mixed precision, time);
+- ``progress.json``: the step reached and the train PSNR and loss (means over the steps since the
+  previous report), rewritten atomically every ``progress_every`` steps;
 - ``nerfstudio_models/step-N.ckpt``: checkpoints (atomic, see engine/checkpoints.py); a rerun
   resumes from the newest one that loads (a damaged one goes to ``unloadable_checkpoints/``), and
   the ``keep_checkpoints`` newest are kept so that there is one to fall back to;
@@ -14,6 +16,15 @@ named so that running it again finds it (Ray reruns a task from the start after 
   a rerun of a finished cell only returns it.
 
 Only small results (paths, numbers) are returned, never tensors.
+
+**Decided by the task, on its own node** (unless given explicitly after ``--``; the driver then writes
+``null`` for them in ``run_config.yml``): the device (CUDA when the task has a GPU and CUDA works
+there), mixed precision (on for CUDA, off for the CPU) and the field implementation. tiny-cuda-nn
+and torch fields have different checkpoint layouts, so every cell of a run uses the same one: the
+first task that starts decides it (tcnn when it trains on CUDA and ``tinycudann`` imports there, else
+torch) and records it in ``RUN/cell_implementation.json``; every later task (and every retry, on any
+node) uses the recorded one and fails with a clear error when its node cannot (tcnn needs CUDA and
+tinycudann there). The ``cells/cell_<k>/config.yml`` of each task holds what it trained with.
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ import json
 import os
 import random
 import socket
+import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,27 +51,23 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from async_nerf_ns.engine.checkpoints import checkpoint_step, newest_loadable_checkpoint, write_json_atomic
+from async_nerf_ns.engine.trainer import AsyncNerfTrainer
+from async_nerf_ns.files.atomic import write_json_atomic
+from async_nerf_ns.files.checkpoints import checkpoint_step, newest_loadable_checkpoint
+from async_nerf_ns.files.run_folder import ATTEMPTS, CELLS_DIR, DONE, LOCK, LOG, PROGRESS, RUN_CONFIG, UNLOADABLE, cell_dir
 
-RUN_CONFIG = "run_config.yml"
-"""The whole run's trainer config (all cells) in RUN/; every task derives its cell's config from it."""
-CELLS_DIR = "cells"
-ATTEMPTS = "attempts.log"
-PROGRESS = "progress.json"
-DONE = "DONE.json"
-UNLOADABLE = "unloadable_checkpoints"
-LOCK = ".lock"
-LOG = "train.log"
+IMPLEMENTATION = "cell_implementation.json"
+"""In RUN/: the field implementation every cell of the run uses, and who decided it (first task)."""
+
+
+class NodeCannotTrainCell(RuntimeError):
+    """This task's node cannot train the run's cells as the run trains them (e.g. tcnn without CUDA)."""
 
 
 # --------------------------------------------------------------------------------------- config
 def num_cells(config: TrainerConfig) -> int:
     rows, columns = config.pipeline.datamanager.partition.grid_dim
     return int(rows) * int(columns)
-
-
-def cell_dir(run_dir: Path, k: int) -> Path:
-    return Path(run_dir) / CELLS_DIR / f"cell_{k:03d}"
 
 
 def load_config(path: Path) -> TrainerConfig:
@@ -81,9 +90,99 @@ def cell_config(run_config: TrainerConfig, run_dir: Path, k: int, device: str) -
     config.load_dir, config.load_step, config.load_checkpoint = None, None, None
     config.machine.device_type = device  # type: ignore[assignment]
     config.machine.num_devices = 1
-    if device == "cpu":
-        config.mixed_precision = False
     return config
+
+
+def task_device(gpus: float) -> str:
+    """CUDA when the task was given a GPU and CUDA works on its node, else the CPU."""
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def tcnn_importable() -> bool:
+    """Whether tiny-cuda-nn imports in this process (nerfstudio's own probe)."""
+    from nerfstudio.utils.external import TCNN_EXISTS
+
+    return bool(TCNN_EXISTS)
+
+
+def run_implementation(run_dir: Path, given: Optional[str], proposal: Dict[str, Any]) -> Dict[str, Any]:
+    """The run's field implementation record (``RUN/cell_implementation.json``), created by the first
+    task from ``proposal`` when there is none; an existing record always wins (its checkpoints have
+    that layout). ``given``: the implementation given after ``--`` (None: the tasks decide)."""
+    path = Path(run_dir) / IMPLEMENTATION
+    record = read_json(path)
+    if record is None:
+        record = _create_json_once(path, proposal)
+    if "implementation" not in record:
+        raise NodeCannotTrainCell(f"{path} has no 'implementation': delete it only if no cell has a checkpoint yet")
+    if given is not None and record["implementation"] != given:
+        raise NodeCannotTrainCell(
+            f"{path} says the run's cells use {record['implementation']!r} fields, but the run config asks for "
+            f"{given!r}: the run folder was reused with another --pipeline.model.implementation; choose another --run-dir"
+        )
+    return record
+
+
+def _create_json_once(path: Path, content: Dict[str, Any]) -> Dict[str, Any]:
+    """Writes ``content`` to ``path`` unless the file exists (then returns what it holds): the first
+    of several processes, on any node of a shared file system, wins (``os.link`` does not replace)."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(content, stream, indent=1)
+            stream.flush()
+            os.fsync(stream.fileno())
+        try:
+            os.link(temp, path)
+            return dict(content)
+        except FileExistsError:
+            existing = read_json(path)
+            if existing is None:
+                raise NodeCannotTrainCell(f"{path} exists but is not readable JSON") from None
+            return existing
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def task_config(
+    run_dir: Path, k: int, device: str, tcnn_available: bool, host: str = ""
+) -> Tuple[TrainerConfig, Dict[str, Any]]:
+    """The config cell ``k``'s task trains with on ``device`` (see the module docstring), and the run's
+    implementation record. Raises NodeCannotTrainCell when this node cannot use the run's implementation.
+
+    Args:
+        run_dir: the run folder (``run_config.yml``; ``cell_implementation.json`` is created there by
+            the first task).
+        k: the cell.
+        device: "cuda" or "cpu", this task's device.
+        tcnn_available: whether tinycudann imports on this node.
+        host: this node's name (for the record and messages).
+    """
+    run_config = load_config(Path(run_dir) / RUN_CONFIG)
+    config = cell_config(run_config, run_dir, k, device)
+    given = run_config.pipeline.model.implementation
+    proposal = "tcnn" if device == "cuda" and tcnn_available else "torch"
+    record = run_implementation(
+        run_dir,
+        given,
+        {"implementation": given or proposal, "decided_by": "ns-train option" if given else f"the task of cell {k}",
+         "host": host, "device": device, "tcnn_importable": tcnn_available, "time": time.strftime("%Y-%m-%d %H:%M:%S")},
+    )
+    implementation = record["implementation"]
+    if implementation == "tcnn" and not (device == "cuda" and tcnn_available):
+        origin = ("--pipeline.model.implementation tcnn" if given else
+                  f"decided by {record.get('decided_by', '?')} on {record.get('host', '?')} ({record.get('device', '?')})")
+        missing = "tinycudann does not import here" if device == "cuda" else "this task trains on the CPU (no GPU or no CUDA here)"
+        raise NodeCannotTrainCell(
+            f"cell {k} on {host or 'this node'}: the run's cells use tiny-cuda-nn fields ({origin}; "
+            f"{Path(run_dir) / IMPLEMENTATION}), but {missing}. tcnn checkpoints cannot be trained by torch fields: "
+            "install tinycudann on every GPU node, or start a new run (another --run-dir) with "
+            "'-- --pipeline.model.implementation torch'"
+        )
+    config.pipeline.model.implementation = implementation  # type: ignore[assignment]
+    if config.mixed_precision is None:
+        config.mixed_precision = device == "cuda"
+    return config, record
 
 
 # --------------------------------------------------------------------------------------- files
@@ -188,35 +287,39 @@ def _train_cell(
     threads = max(1, int(cpus))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    device = task_device(gpus)
+    host, pid, node = socket.gethostname(), os.getpid(), _ray_node_id()
+    if gpus > 0 and device == "cpu":
+        CONSOLE.print(f"[yellow]Cell {k}: the task has {gpus} GPU(s) but CUDA is not available on {host}: training on the CPU")
 
-    config = cell_config(load_config(run_dir / RUN_CONFIG), run_dir, k, device)
+    config, _ = task_config(run_dir, k, device, tcnn_importable() if device == "cuda" else False, host)
     config.keep_checkpoints = keep_checkpoints  # AsyncNerfTrainer prunes to these after each save
     models = config.get_checkpoint_dir()
     checkpoint = newest_loadable_checkpoint(models, quarantine=folder / UNLOADABLE)
     config.load_checkpoint = checkpoint
     start_step = 0 if checkpoint is None else checkpoint_step(checkpoint) + 1
     attempt = len(read_attempts(folder)) + 1
-    host, pid = socket.gethostname(), os.getpid()
+    implementation, mixed_precision = config.pipeline.model.implementation, bool(config.mixed_precision and device == "cuda")
     _append_attempt(
         folder,
-        {"attempt": attempt, "pid": pid, "host": host, "start_step": start_step, "device": device,
-         "threads": threads, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "unix_time": time.time()},
+        {"attempt": attempt, "pid": pid, "host": host, "node_id": node, "start_step": start_step, "device": device,
+         "implementation": implementation, "mixed_precision": mixed_precision, "threads": threads,
+         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "unix_time": time.time()},
     )
     last_step = config.max_num_iterations - 1
+    train_metrics: Dict[str, Optional[float]] = {"train_psnr": None, "train_loss": None}
 
     def report(step: int, state: str = "training") -> None:
         write_json_atomic(
             folder / PROGRESS,
             {"cell": k, "step": step, "last_step": last_step, "attempt": attempt, "pid": pid, "host": host,
-             "state": state, "time": time.time()},
+             "node_id": node, "state": state, "time": time.time(), "device": device, **train_metrics},
         )
 
     started = time.perf_counter()
-    psnr: List[float] = []
     if checkpoint is None or start_step <= last_step:  # else: killed after its last save, before DONE
         report(start_step, "setting up")
-        _run_trainer(config, report, psnr, progress_every, start_step)
+        _run_trainer(config, report, train_metrics, progress_every, start_step)
     final = newest_loadable_checkpoint(models)
     assert final is not None and checkpoint_step(final) == last_step, (final, last_step)
     record = {
@@ -227,10 +330,13 @@ def _train_cell(
         "attempts": attempt,
         "start_step": start_step,
         "seconds": time.perf_counter() - started,
-        "train_psnr": float(np.mean(psnr)) if psnr else None,
+        **train_metrics,
         "finished_unix_time": time.time(),
         "device": device,
+        "implementation": implementation,
+        "mixed_precision": mixed_precision,
         "host": host,
+        "node_id": node,
     }
     report(last_step, "done")
     write_json_atomic(folder / DONE, record)
@@ -238,10 +344,56 @@ def _train_cell(
     return record
 
 
+def _ray_node_id() -> Optional[str]:
+    """The Ray node this task runs on (several nodes can share a host name), or None outside Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
+class TrainMetricsReport(TrainingCallback):
+    """Every ``every`` steps (and at the end): the means of the trainer's train PSNR and loss over the
+    steps since the previous report into ``metrics`` (``train_psnr``, ``train_loss``), then ``report(step)``.
+
+    It reads ``AsyncNerfTrainer.last_train_metrics`` after each step and sums the tensors on the
+    training device; the only read-back to the host (which waits for the GPU) is at a report.
+    """
+
+    KEYS = {"train_psnr": "psnr", "train_loss": "loss"}
+
+    def __init__(self, trainer: AsyncNerfTrainer, report: Callable[[int], None], metrics: Dict[str, Optional[float]],
+                 every: int) -> None:
+        super().__init__([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.after_step)
+        self.trainer, self.report, self.metrics, self.every = trainer, report, metrics, max(1, int(every))
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def after_step(self, step: int) -> None:
+        last = self.trainer.last_train_metrics
+        if self.trainer.last_train_step == step:
+            for name, key in self.KEYS.items():
+                if key in last:
+                    value = last[key].float()
+                    self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.count += 1
+        if step % self.every == 0:
+            self.flush()
+            self.report(step)
+
+    def flush(self) -> None:
+        """The means since the previous report into ``metrics`` (left as they are when no step ran)."""
+        if self.count:
+            for name, total in self.sums.items():
+                self.metrics[name] = float(total.item()) / self.count
+        self.sums, self.count = {}, 0
+
+
 def _run_trainer(
-    config: TrainerConfig, report: Callable[..., None], psnr: List[float], progress_every: int, start_step: int
+    config: TrainerConfig, report: Callable[..., None], metrics: Dict[str, Optional[float]], progress_every: int,
+    start_step: int,
 ) -> None:
-    """nerfstudio's trainer as ns-train runs it, plus progress reports and the train PSNR."""
+    """nerfstudio's trainer as ns-train runs it, plus progress reports with the train PSNR and loss."""
     # nerfstudio's writers are module globals that every trainer appends to: a process that trains
     # several cells one after the other (the local backend, a reused Ray worker) starts each afresh.
     writer.EVENT_WRITERS.clear()
@@ -249,22 +401,13 @@ def _run_trainer(
     config.save_config()
     _seed_everything(config.machine.seed)
     trainer = config.setup(local_rank=0, world_size=1)
+    assert isinstance(trainer, AsyncNerfTrainer), type(trainer)
     trainer.setup()
     assert trainer._start_step == start_step, (trainer._start_step, start_step)
-    train_iteration = trainer.train_iteration
-
-    def recorded_iteration(step: int):
-        loss, loss_dict, metrics = train_iteration(step)
-        if "psnr" in metrics:
-            psnr.append(float(torch.as_tensor(metrics["psnr"]).detach()))
-            del psnr[:-progress_every]
-        return loss, loss_dict, metrics
-
-    trainer.train_iteration = recorded_iteration  # type: ignore[method-assign]
-    trainer.callbacks.append(
-        TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], report, update_every_num_iters=progress_every)
-    )
+    reporter = TrainMetricsReport(trainer, report, metrics, progress_every)
+    trainer.callbacks.append(reporter)
     trainer.train()
+    reporter.flush()  # the steps after the last report, for DONE.json
     for event_writer in writer.EVENT_WRITERS:
         if hasattr(event_writer, "tb_writer"):
             event_writer.tb_writer.close()

@@ -7,6 +7,11 @@
 Rerunning the same command continues: finished cells (DONE.json) are skipped, unfinished ones
 resume from their newest loadable checkpoint. A cell that fails for good (its retries used up) does
 not stop the others; the driver exits non-zero after they finish, naming it and its logs.
+
+The device, mixed precision and field implementation are decided by each cell task on its own node
+(cell_task.py), unless given after ``--``: run_config.yml holds ``null`` for those. The assembled run
+is checked (loaded back with nerfstudio's ``eval_setup``) where the cells' implementation loads: in a
+Ray task with the cells' resources, or in this process with ``--backend local``.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import tyro
 import yaml
@@ -27,33 +31,44 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from async_nerf_ns.cluster.assemble import assemble_cell_states, write_assembled_run
-from async_nerf_ns.cluster.cell_task import (
-    ATTEMPTS,
-    DONE,
-    LOG,
-    PROGRESS,
-    RUN_CONFIG,
-    cell_dir,
-    num_cells,
-    read_attempts,
-    read_json,
-    train_cell,
+from async_nerf_ns.cluster.assemble import (
+    assemble_cell_states,
+    check_assembled_run,
+    shard_pixel_counts,
+    write_assembled_run,
 )
-from async_nerf_ns.shards.format import IMAGE_COUNTS
+from async_nerf_ns.cluster.cell_task import IMPLEMENTATION, num_cells, read_attempts, read_json, train_cell
+from async_nerf_ns.files.atomic import write_text_atomic
+from async_nerf_ns.method import presets
+from async_nerf_ns.files.run_folder import ASSEMBLED, ATTEMPTS, DONE, LOG, PROGRESS, RUN_CONFIG, cell_dir
 
 Method = Literal["async-nerf-small", "async-nerf"]
-ASSEMBLED = "assembled"
+TASK_DECIDED_OPTIONS = {
+    "mixed_precision": "--mixed-precision",
+    "pipeline.model.implementation": "--pipeline.model.implementation",
+}
+"""Config fields a cell task decides on its own node, unless given after ``--`` (ns-train's flags)."""
+RUN_CONFIG_HEADER = (
+    "# async-nerf-train-cells: the run's config for all cells. null fields are decided by each cell task on its\n"
+    "# own node: machine.device_type (cuda when the task has a GPU), mixed_precision (on for cuda) and\n"
+    "# pipeline.model.implementation (the first task's choice, RUN/" + IMPLEMENTATION + "); see cells/cell_<k>/config.yml.\n"
+)
+RAY_AUTH_HELP = """\
+the Ray cluster at {address} refused this driver: {reason}
+Ray 2.60 turns token authentication on in `ray start --head` when a token exists (~/.ray/auth_token,
+RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) or RAY_AUTH_MODE=token is set; a driver or `ray start --address` given
+an explicit address sends a token only with RAY_AUTH_MODE=token (here: RAY_AUTH_MODE={mode}; {token}).
+Either
+  - use the head's token: copy the head's ~/.ray/auth_token (`ray get-auth-token` prints it) to this machine's
+    ~/.ray/auth_token (or set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH=<file>) and set RAY_AUTH_MODE=token, here
+    and for every `ray start --address` (e.g. RAY_AUTH_MODE=token async-nerf-train-cells --ray-address {address} ...);
+  - or, on a private network only, start the head, every node and this driver with RAY_AUTH_MODE=disabled
+    (then anyone who can reach the cluster's ports can run code on it).
+See README.md, "Training cells on a cluster (Ray)"."""
 
 
 class ClusterError(RuntimeError):
     """The cluster cannot run the cells as asked (no node with the resources, a changed run folder, ...)."""
-
-
-def presets() -> Dict[str, Callable[[], TrainerConfig]]:
-    from async_nerf_ns.method import async_nerf_config, async_nerf_small_config
-
-    return {"async-nerf": async_nerf_config, "async-nerf-small": async_nerf_small_config}
 
 
 @dataclass
@@ -70,8 +85,9 @@ class TrainCells:
     run_dir: Path
     """Folder of the run (cells, checkpoints, the assembled run); on a cluster, shared by every node.
     Rerun the command with the same folder to continue after an interruption."""
-    method: Method = "async-nerf-small"
-    """The ns-train method whose config every cell trains with."""
+    method: Optional[Method] = None
+    """The ns-train method whose config every cell trains with; default: async-nerf (GPU sizes) when
+    --gpus-per-cell > 0, else async-nerf-small."""
     backend: Literal["ray", "local"] = "ray"
     """ray: one Ray task per cell; local: the cells one after the other in this process (no Ray)."""
     ray_address: Optional[str] = None
@@ -110,6 +126,8 @@ class TrainCells:
         if bad or not wanted:
             raise ClusterError(f"--cells {list(self.cells or [])}: the partition has cells 0..{total - 1}")
 
+        if self.backend == "ray":
+            self.connect_ray()  # before the data preparation: a refused connection or missing resources fail fast
         prepared = self.prepare(config)
         empty = [int(k) for k in prepared.get("empty_cells", [])]
         if empty:
@@ -135,25 +153,51 @@ class TrainCells:
         return self.assemble(run_dir, config, prepared, empty)
 
     # ------------------------------------------------------------------------------------ config
-    def run_config(self, run_dir: Path) -> TrainerConfig:
-        """The method's config with the ns-train options, for all cells; written to RUN/run_config.yml,
-        or checked against it when the run folder was started before."""
-        default = presets()[self.method]()
-        config = tyro.cli(
+    @property
+    def method_name(self) -> str:
+        """--method, or the preset that fits the resources asked for."""
+        if self.method is not None:
+            return self.method
+        return "async-nerf" if self.gpus_per_cell > 0 else "async-nerf-small"
+
+    def parse_ns_train_args(self, default: Optional[TrainerConfig] = None) -> TrainerConfig:
+        """The method's config with the options after ``--``, parsed as ns-train parses them."""
+        default = default if default is not None else presets()[self.method_name]
+        return tyro.cli(
             tyro.conf.FlagConversionOff[type(default)],  # like ns-train: --pipeline.finetune-tpf True
             default=default,
             args=list(self.ns_train_args),
             prog="async-nerf-train-cells ... --",
         )
+
+    def given_task_options(self) -> List[str]:
+        """Which of TASK_DECIDED_OPTIONS the options after ``--`` set: parsed twice, from two defaults
+        that differ in every one of them; a field the user set is equal in both."""
+        a, b = presets()[self.method_name], presets()[self.method_name]
+        a.mixed_precision, b.mixed_precision = False, True
+        a.pipeline.model.implementation, b.pipeline.model.implementation = "torch", "tcnn"
+        a, b = self.parse_ns_train_args(a), self.parse_ns_train_args(b)
+        return [name for name in TASK_DECIDED_OPTIONS if _get(a, name) == _get(b, name)]
+
+    def run_config(self, run_dir: Path) -> TrainerConfig:
+        """The method's config with the ns-train options, for all cells; written to RUN/run_config.yml,
+        or checked against it when the run folder was started before. The fields each task decides
+        (TASK_DECIDED_OPTIONS when not given, and the device) are None."""
+        config = self.parse_ns_train_args()
+        given = self.given_task_options()
+        for name in TASK_DECIDED_OPTIONS:
+            if name not in given:
+                _set(config, name, None)
+        config.machine.device_type = None  # type: ignore[assignment]  # each task: cell_task.task_device
         if config.pipeline.datamanager.cells is not None:
             raise ClusterError("give the cells to train with --cells, not --pipeline.datamanager.cells")
         config.data = self.data.resolve()
         config.pipeline.datamanager.data = config.data
         config.output_dir = run_dir
         config.experiment_name = ASSEMBLED
-        config.method_name = self.method
+        config.method_name = self.method_name
         config.timestamp = ""
-        text = yaml.dump(config)
+        text = RUN_CONFIG_HEADER + yaml.dump(config)
         path = run_dir / RUN_CONFIG
         if path.exists():
             if path.read_text() != text:
@@ -163,9 +207,7 @@ class TrainCells:
                 )
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
-            temp = path.with_name(f".{path.name}.tmp")
-            temp.write_text(text)
-            os.replace(temp, path)
+            write_text_atomic(path, text)
         return config
 
     @staticmethod
@@ -194,19 +236,35 @@ class TrainCells:
                 failed[k] = f"{type(error).__name__}: {error}"
         return failed
 
+    def connect_ray(self) -> None:
+        """Connects to --ray-address (or starts a local cluster) once, and checks that some node can
+        run a cell task. Raises ClusterError, with the fix, when the cluster refuses the connection."""
+        import ray
+
+        if not ray.is_initialized():
+            if self.ray_address is None:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
+                         object_store_memory=100 * 2**20)
+            else:
+                refused = probe_authentication(self.ray_address)
+                if refused is not None:
+                    raise ClusterError(ray_auth_help(self.ray_address, refused))
+                try:
+                    ray.init(address=self.ray_address)
+                except Exception as error:  # ConnectionError, AuthenticationError, RuntimeError
+                    reason = auth_failure(error)
+                    if reason is None:
+                        raise
+                    raise ClusterError(ray_auth_help(self.ray_address, reason)) from error
+        check_resources(ray.nodes(), self.cpus_per_cell, self.gpus_per_cell)
+
     def run_ray(self, run_dir: Path, todo: Sequence[int]) -> Dict[int, str]:
         """One Ray task per cell, polled with a progress display; returns the failed ones with the reason."""
         import ray
 
         if not todo:
             return {}
-        if not ray.is_initialized():
-            if self.ray_address is not None:
-                ray.init(address=self.ray_address)
-            else:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
-                         object_store_memory=100 * 2**20)
-        check_resources(ray.nodes(), self.cpus_per_cell, self.gpus_per_cell)
+        self.connect_ray()
         task = ray.remote(train_cell)
         refs = {
             task.options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.max_retries,
@@ -243,20 +301,112 @@ class TrainCells:
         # mmap: tensors are read when used, so K checkpoints of K cells each never sit in RAM at once.
         states = [torch.load(r["checkpoint"], map_location="cpu", weights_only=True, mmap=True)["pipeline"]
                   for r in records.values()]
-        counts = {}
-        for kind in ("rgb", "depth"):
-            folder = prepared.get(f"{kind}_shards")
-            if folder is not None and (Path(folder) / IMAGE_COUNTS).is_file():
-                counts[kind] = np.load(Path(folder) / IMAGE_COUNTS)
-        state = assemble_cell_states(states, names, counts, empty)
+        state = assemble_cell_states(states, names, shard_pixel_counts(prepared), empty)
         first = next(iter(records))
         path = write_assembled_run(
-            copy.deepcopy(config), state, max(r["step"] for r in records.values()),
-            cell_dir(run_dir, first) / "dataparser_transforms.json",
+            self.assembled_config(run_dir, config, records[first]), state, max(r["step"] for r in records.values()),
+            cell_dir(run_dir, first) / "dataparser_transforms.json", check=False,
         )
-        CONSOLE.print(f"[bold green]Assembled {len(records)} cells into {path}")
+        checked = self.check_assembled(path)
+        CONSOLE.print(f"[bold green]Assembled {len(records)} cells into {path}[/] (loaded back by pid "
+                      f"{checked['pid']} on {checked['host']}, {checked['device']}, {checked['implementation']} fields)")
         CONSOLE.print(f"  ns-eval --load-config {path} --output-path eval.json\n  ns-viewer --load-config {path}")
         return path
+
+    @staticmethod
+    def assembled_config(run_dir: Path, config: TrainerConfig, done: Dict[str, Any]) -> TrainerConfig:
+        """The run's config with what its tasks decided: the implementation all cells use, and the
+        device and mixed precision of the cell whose DONE record is ``done``."""
+        config = copy.deepcopy(config)
+        record = read_json(run_dir / IMPLEMENTATION)
+        implementation = done.get("implementation") or (record or {}).get("implementation")
+        if implementation is None:
+            raise ClusterError(f"{run_dir / IMPLEMENTATION} is missing: which field implementation the cells use is unknown")
+        config.pipeline.model.implementation = implementation
+        if config.mixed_precision is None:
+            config.mixed_precision = bool(done.get("mixed_precision", False))
+        if config.machine.device_type is None:
+            config.machine.device_type = done.get("device", "cpu")
+        return config
+
+    def check_assembled(self, config_path: Path) -> Dict[str, Any]:
+        """``check_assembled_run`` where the cells' implementation loads: in this process (local backend),
+        or as a Ray task with a cell's resources (the driver's machine may have no GPU or tinycudann)."""
+        if self.backend == "local":
+            return check_assembled_run(config_path)
+        import ray
+
+        self.connect_ray()
+        task = ray.remote(check_assembled_run).options(
+            num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.max_retries, name="check_assembled"
+        )
+        try:
+            return ray.get(task.remote(str(config_path)))
+        except Exception as error:
+            raise ClusterError(f"the assembled run {config_path} does not load: {_first_line(error)}") from error
+
+
+def probe_authentication(address: str) -> Optional[str]:
+    """Ray's refusal, when the GCS at ``address`` (host:port) refuses this process's credentials, else None.
+
+    ``ray.init`` retries a refused connection for ~20 s and then says only "Failed to connect"; one
+    GCS client (Ray's own, ``ray._raylet.GcsClient``) is refused in ~1 s with Ray's AuthenticationError.
+    Anything else (unreachable, another address form, another Ray version) is left to ``ray.init``.
+    """
+    if address == "auto" or "://" in address:
+        return None
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:
+        return None
+    try:
+        GcsClient(address=address)
+    except AuthenticationError as error:
+        return auth_failure(error)
+    except Exception:
+        return None
+    return None
+
+
+def auth_failure(error: BaseException) -> Optional[str]:
+    """The line of Ray's authentication failure in ``error`` or the errors it was raised from, or None."""
+    from ray.exceptions import AuthenticationError
+
+    seen = 0
+    while error is not None and seen < 10:
+        text = str(error)
+        if isinstance(error, AuthenticationError) or "InvalidAuthToken" in text or "authentication token" in text:
+            lines = [line.strip() for line in text.splitlines() if "auth" in line.lower()]
+            line = lines[-1] if lines else text
+            return line.split(". ")[0][:300]  # Ray's own advice follows; ours is in RAY_AUTH_HELP
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+        seen += 1
+    return None
+
+
+def ray_auth_help(address: str, reason: str) -> str:
+    """The ClusterError message for a refused connection: the cause, what this machine has, the fix."""
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    sources = [name for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH") if os.environ.get(name)]
+    default = Path.home() / ".ray" / "auth_token"
+    if default.is_file():
+        sources.append(str(default))
+    token = f"tokens here: {', '.join(sources)}" if sources else "no token on this machine"
+    return RAY_AUTH_HELP.format(address=address, reason=reason, mode=mode, token=token)
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _set(config: Any, dotted: str, value: Any) -> None:
+    *parents, name = dotted.split(".")
+    for part in parents:
+        config = getattr(config, part)
+    setattr(config, name, value)
 
 
 def check_resources(nodes: List[Dict[str, Any]], cpus: float, gpus: float) -> None:

@@ -1,44 +1,51 @@
 """Training data for async-nerf: the partition, stage 1 (depth-frame poses) and per-cell ray shards.
 
 Subclasses nerfstudio's VanillaDataManager and keeps its evaluation side (eval images, fixed-index
-eval dataloader); training differs:
-- set-up: the partition of the training cameras, and (training only) stage 1: the time-pose function
-  (fitted once per dataset and cached, `trajectory/stage1.py`) gives every depth frame its pose;
-- data: every cell's RGB pixels and depth pixels live on disk as shuffled per-cell ray shards
-  (`async_nerf_ns/shards`), written on first use (or beforehand by ``async-nerf-partition``) in
-  bounded memory, and read a chunk at a time: RAM does not grow with the number of frames, and a
-  run restricted to some cells reads only their chunks;
-- batches: each step draws ONE cell (round-robin) and a batch of its RGB and depth records, as a pure
-  function of (seed, step) (`cell_sampler.py`), so a resumed run continues exactly.
+eval dataloader); training differs, all of it set up once in ``setup_train``:
+- the partition of the training cameras, and (training only) stage 1: the time-pose function
+  (fitted once per dataset and cached, `trajectory/fit_cache.py`) gives every depth frame its pose;
+- every cell's RGB pixels and depth pixels live on disk as shuffled per-cell ray shards
+  (`async_nerf_ns/shards`), written here (or beforehand by ``async-nerf-partition``) in bounded
+  memory, and read a chunk at a time: RAM does not grow with the number of frames, and a run
+  restricted to some cells reads only their chunks;
+- each step draws ONE cell (round-robin) and a batch of its RGB and depth records, as a pure
+  function of (seed, step) (`shards/sampler.py`), so a resumed run continues exactly.
 Depth rays follow the RGB rays in the bundle; ``metadata["depth_frame"]`` names their depth frame
-(for pose refinement) and ``batch["depth"]`` holds the measured distance along the ray (scene units).
+(for pose refinement), ``batch["depth"]`` holds the measured distance along the ray (scene units)
+and ``batch["cell"]`` the batch's cell (a Python int).
+
+A step moves its records to the device as one pinned host buffer, copied without blocking, and
+builds the rays there: nothing in it waits for the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Mapping, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
-import tyro
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from async_nerf_ns.data.cache_dir import cache_dir
-from async_nerf_ns.data.cell_sampler import CellRaySampler
-from async_nerf_ns.data.cell_shards import ShardConfig, pixel_rows_columns, write_depth_shards, write_rgb_shards
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
-from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
-from async_nerf_ns.data.ray_keys import CELL_KEY, DEPTH_FRAME_KEY, DATA_SETUP_KEY
+from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks, frame_time_offsets, ray_distance
+from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.data.scene_metadata import DepthTrackData
+from async_nerf_ns.files.cache_dir import cache_dir
+from async_nerf_ns.files.keys import file_identity
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
-from async_nerf_ns.trajectory.stage1 import fitted_tpf
+from async_nerf_ns.shards.config import ShardConfig
+from async_nerf_ns.shards.sampler import CellRaySampler
+from async_nerf_ns.shards.sets import image_counts, write_depth_shards, write_rgb_shards
+from async_nerf_ns.trajectory.fit_cache import cached_fit, cached_time_offset, fit_key
+from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEstimate
+from async_nerf_ns.trajectory.timed_poses import nearest_in_time
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
 DepthPoseSource = Literal["tpf", "prior", "gt"]
@@ -77,10 +84,14 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     """Where depth frames get their poses: tpf (time-pose function), prior (metadata c2w), gt."""
     tpf: TimePoseFunctionConfig = field(default_factory=TimePoseFunctionConfig)
     """The time-pose function fitted in stage 1."""
+    depth_time_offset: Optional[Dict[str, float]] = None
+    """TRACK SECONDS [TRACK SECONDS ...]: the clock offset of each depth track to the RGB clock, added to its
+    stamps: a depth frame's pose is TPF(stamp + offset). Tracks not named: 0. With time_offset.estimate,
+    the search is centred on it and it is kept unless the data determines another value."""
+    time_offset: TimeOffsetConfig = TimeOffsetConfig()
+    """Estimating each depth track's clock offset in stage 1 (depth_poses=tpf)."""
     shards: ShardConfig = field(default_factory=ShardConfig)
     """The per-cell ray shards on disk."""
-    resume_checkpoint: tyro.conf.Suppress[Optional[Path]] = None
-    """Set by the trainer when it resumes a run: stage 1 is read from this checkpoint, not fitted."""
 
 
 @dataclass
@@ -89,7 +100,12 @@ class Stage1:
     time-pose function (its checkpoint keys are ``tpf.*``)."""
 
     tpf: Optional[FittedTPF] = None
-    """The time-pose function fitted to the training RGB frames (depth_poses=tpf)."""
+    """The time-pose function fitted to the training RGB frames (depth_poses=tpf), or read from the fit cache."""
+    time_offsets: Dict[str, TimeOffsetEstimate] = field(default_factory=dict)
+    """Per depth track, its clock offset (given or estimated; depth_poses=tpf)."""
+
+    def applied_offsets(self) -> Dict[str, float]:
+        return {name: estimate.applied_s for name, estimate in self.time_offsets.items()}
 
 
 def validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[int]:
@@ -101,12 +117,45 @@ def validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[in
     return sorted(set(cells))
 
 
-def nearest_in_time(rgb_times: Tensor, times: Tensor) -> Tensor:
-    """Index of the nearest RGB frame in time (depth rays need one for the appearance embedding)."""
-    nearest = torch.searchsorted(rgb_times, times.clamp(rgb_times[0], rgb_times[-1])).clamp(max=len(rgb_times) - 1)
-    previous = (nearest - 1).clamp(min=0)
-    closer_previous = (times - rgb_times[previous]).abs() < (rgb_times[nearest] - times).abs()
-    return torch.where(closer_previous, previous, nearest)
+def frame_poses(
+    track: DepthTrackData, source: DepthPoseSource, tpf: Optional[FittedTPF], offsets: Optional[Mapping[str, float]] = None
+) -> Tensor:
+    """World-frame poses (N,3,4) of a track's frames from ``source`` (for tpf: of the given TPF, at each
+    frame's stamp plus its track's clock offset in seconds)."""
+    if source == "tpf":
+        assert tpf is not None, "depth_poses=tpf without a time-pose function"
+        with torch.no_grad():
+            return tpf.poses(track.timestamps.numpy() + frame_time_offsets(track, offsets)).cpu()
+    poses = track.prior_c2w if source == "prior" else track.gt_c2w
+    missing = np.flatnonzero(~np.isfinite(poses.numpy()).reshape(len(track), -1).all(axis=1))
+    if len(missing):
+        frame = track.frames[int(missing[0])]
+        what = "a prior c2w in its metadata" if source == "prior" else "a pose_gt file"
+        raise ValueError(f"depth_poses={source}: {frame.metadata_path} (and {len(missing) - 1} more) has no {what}")
+    return poses
+
+
+def _pack_records(rgb: np.ndarray, depth: Optional[np.ndarray], pin: bool) -> Tensor:
+    """RGB and depth records as one int32 (N, 3) host tensor: image, pixel, value bits (RGB as
+    r | g << 8 | b << 16, depth as its float32 bits); pinned when the device is a GPU."""
+    count = len(rgb) + (0 if depth is None else len(depth))
+    packed = torch.empty((count, 3), dtype=torch.int32, pin_memory=pin)
+    view = packed.numpy()
+    n = len(rgb)
+    view[:n, 0], view[:n, 1] = rgb["image"], rgb["pixel"]
+    colours = rgb["rgb"].astype(np.int32)
+    view[:n, 2] = colours[:, 0] | (colours[:, 1] << 8) | (colours[:, 2] << 16)
+    if depth is not None:
+        view[n:, 0], view[n:, 1] = depth["image"], depth["pixel"]
+        view[n:, 2] = depth["depth"].astype(np.float32).view(np.int32)
+    return packed
+
+
+def ray_indices(packed: Tensor, widths: Tensor) -> Tensor:
+    """Packed (image, pixel, value) rows -> nerfstudio's ray indices (N, 3): image, row, column."""
+    image, pixel = packed[:, 0].long(), packed[:, 1].long()
+    width = widths[image]
+    return torch.stack([image, pixel // width, pixel % width], dim=-1)
 
 
 class AsyncNerfDataManager(VanillaDataManager):
@@ -128,46 +177,89 @@ class AsyncNerfDataManager(VanillaDataManager):
                 f"--pipeline.datamanager.{changed[0].replace('_', '-')} does not apply to async-nerf: training samples "
                 "each cell's pixels from its ray shards (see --pipeline.datamanager.shards.*)"
             )
-        super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
-        scene = self.scene
-        cameras = self.train_dataset.cameras
-        self.geometry: PartitionGeometry = resolve_geometry(
-            config.partition, cameras.camera_to_worlds[:, :, 3], scene.origin_drb, scene.pose_scale_factor, scene.drb_to_world
-        )
-        self.trained_cells = validated_cells(config.cells, self.geometry.num_cells)
-        self.depth_track: Optional[DepthTrackData] = concat_tracks(scene) if scene.depth_tracks else None
+        self.geometry: Optional[PartitionGeometry] = None
         self.stage1 = Stage1()
         self.depth_frames: Optional[DepthFrameSet] = None
-        self._sampler: Optional[CellRaySampler] = None
-        self._depth_ray_generator: Optional[RayGenerator] = None
-        self._depth_appearance_index: Optional[Tensor] = None
+        """The training depth frames at the poses they are trained at (training only)."""
+        self.train_pixel_sampler: Optional[CellRaySampler] = None  # type: ignore[assignment]
+        """The training batches (nerfstudio's name: ns-export sets its num_rays_per_batch)."""
         self._last_draw = -1
-        if test_mode == "val" and self.depth_track is not None:  # training: stage 1
-            if config.depth_poses == "tpf":
-                if scene.rgb_timestamps is None or len(scene.rgb_timestamps) < 2:
-                    raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
-                self.stage1.tpf = self._saved_stage1_tpf() or fitted_tpf(
-                    self.cache_folder("stage1"), scene.rgb_timestamps.numpy(), cameras.camera_to_worlds.cpu(), config.tpf
-                )
-            self.set_depth_poses(self.depth_poses(self.depth_track, config.depth_poses, self.stage1.tpf))
-        self.train_dataset.metadata[DATA_SETUP_KEY] = {
-            "centroids": self.geometry.centroids,
-            "num_depth_frames": 0 if self.depth_track is None else len(self.depth_track),
-            "depth_poses": config.depth_poses,
-        }
+        super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)  # calls setup_train
+        if self.geometry is None:  # inference: no training set-up, but the model needs the partition
+            self._set_up_partition()
 
-    def _saved_stage1_tpf(self) -> Optional[FittedTPF]:
-        """The stage-1 TPF of the checkpoint a resumed run continues (``stage1_tpf.*`` when it was
-        fine-tuned, else ``tpf.*``); None when not resuming or the checkpoint has none."""
-        if self.config.resume_checkpoint is None:
-            return None
-        state = torch.load(self.config.resume_checkpoint, map_location="cpu", weights_only=True)["pipeline"]
-        for prefix in ("stage1_tpf.", "tpf."):
-            tpf_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if tpf_state:
-                CONSOLE.print(f"Stage 1: time-pose function from {self.config.resume_checkpoint}")
-                return FittedTPF.from_state_dict(self.config.tpf, tpf_state)
-        return None
+    # --- set-up ------------------------------------------------------------------------------------
+    def _set_up_partition(self) -> None:
+        scene = self.scene
+        self.geometry = resolve_geometry(
+            self.config.partition, self.train_dataset.cameras.camera_to_worlds[:, :, 3], scene.origin_drb,
+            scene.pose_scale_factor, scene.drb_to_world,
+        )
+        self.trained_cells = validated_cells(self.config.cells, self.geometry.num_cells)
+        self.depth_track: Optional[DepthTrackData] = concat_tracks(scene) if scene.depth_tracks else None
+
+    def setup_train(self) -> None:
+        """The partition, the ray generator and the training batches; for training (val mode) also
+        stage 1 and the depth rays. ns-eval and ns-export (test mode) get the RGB batches only."""
+        self._set_up_partition()
+        self.train_ray_generator = RayGenerator(self.train_dataset.cameras.to(self.device))
+        self._widths = self.train_dataset.cameras.width[:, 0].to(self.device)
+        self._colour_shifts = torch.tensor([0, 8, 16], dtype=torch.int32, device=self.device)
+        if self.test_mode == "val" and self.depth_track is not None:
+            if self.config.depth_poses == "tpf":
+                self.stage1.tpf = self._stage1_tpf()
+                self.stage1.time_offsets = self._time_offsets(self.stage1.tpf)
+            elif self.config.depth_time_offset:
+                CONSOLE.print(f"[yellow]--pipeline.datamanager.depth-time-offset applies to TPF poses only, not to depth_poses={self.config.depth_poses}")
+            poses = frame_poses(self.depth_track, self.config.depth_poses, self.stage1.tpf, self.stage1.applied_offsets())
+            self.set_depth_poses(poses)
+        shard_sets = self.write_shards(existing_only=self.test_mode != "val")
+        if shard_sets["rgb"] is None:
+            CONSOLE.print(
+                "The training ray shards of this run's data are not on disk: commands that sample training rays "
+                "(ns-export) need them; write them with async-nerf-partition and the run's ns-train options."
+            )
+            return
+        sampler = CellRaySampler(
+            shard_sets["rgb"], self.trained_cells, self.config.train_num_rays_per_batch,
+            self.config.sampling_seed, prefetch=self.config.shards.prefetch,
+        )
+        if sampler.empty_cells:
+            CONSOLE.print(f"[yellow]Cells {sampler.empty_cells} have no RGB pixels: they stay empty (untrained).")
+        sampler.set_depth(shard_sets["depth"], self.config.train_num_depth_rays_per_batch)
+        self.train_pixel_sampler = sampler
+
+    def _stage1_tpf(self) -> FittedTPF:
+        scene = self.scene
+        if scene.rgb_timestamps is None or len(scene.rgb_timestamps) < 2:
+            raise ValueError("depth_poses=tpf needs RGB timestamps (metadata 'timestamp' or numeric file names)")
+        return cached_fit(
+            self.cache_folder("stage1"), scene.rgb_timestamps.numpy(), self.train_dataset.cameras.camera_to_worlds.cpu(),
+            self.config.tpf,
+        )
+
+    def _time_offsets(self, tpf: FittedTPF) -> Dict[str, TimeOffsetEstimate]:
+        """Every training depth track's clock offset: the given one, or estimated (cached with stage 1)."""
+        scene = self.scene
+        given = dict(self.config.depth_time_offset or {})
+        unknown = sorted(set(given) - set(scene.depth_tracks))
+        if unknown:
+            raise ValueError(
+                f"--pipeline.datamanager.depth-time-offset names {unknown}, but the training split's depth tracks are "
+                f"{sorted(scene.depth_tracks)}"
+            )
+        fit = fit_key(scene.rgb_timestamps.numpy(), self.train_dataset.cameras.camera_to_worlds.cpu(), self.config.tpf)
+        estimates = {}
+        for name in sorted(scene.depth_tracks):
+            track = scene.depth_tracks[name]
+            files = [p for f in track.frames for p in (f.depth_path, f.metadata_path)]
+            estimates[name] = cached_time_offset(
+                self.cache_folder("stage1"), fit, name, track.timestamps.numpy(), track.intrinsics, file_identity(files),
+                lambda track=track: [ray_distance(track, i, scene.pose_scale_factor) for i in range(len(track))],
+                tpf.poses, self.config.time_offset, float(given.get(name, 0.0)),
+            )
+            CONSOLE.print(f"Stage 1: {estimates[name].message}")
+        return estimates
 
     @property
     def scene(self):
@@ -186,25 +278,18 @@ class AsyncNerfDataManager(VanillaDataManager):
             return Path(configured)
         return self.cache_folder("shards")
 
-    def setup_train(self) -> None:
-        """Only the ray generator: shards are opened (or written) on the first training batch."""
-        self.train_ray_generator = RayGenerator(self.train_dataset.cameras.to(self.device))
+    def cell_training_pixels(self) -> Optional[Tensor]:
+        """(cells, 3): each cell's RGB rays, depth rays and RGB images in its shards; None without shards."""
+        sampler = self.train_pixel_sampler
+        if sampler is None:
+            return None
+        rgb = image_counts(sampler.rgb_set).astype(np.int64)
+        depth = image_counts(sampler.depth_set).astype(np.int64).sum(axis=0) if sampler.depth_set is not None else 0
+        pixels = np.zeros((rgb.shape[1], 3), dtype=np.int64)
+        pixels[:, 0], pixels[:, 1], pixels[:, 2] = rgb.sum(axis=0), depth, (rgb > 0).sum(axis=0)
+        return torch.from_numpy(pixels)
 
     # --- depth frames and their poses ------------------------------------------------------------
-    def depth_poses(self, track: DepthTrackData, source: DepthPoseSource, tpf: Optional[FittedTPF]) -> Tensor:
-        """World-frame poses (N,3,4) of a track's frames from ``source`` (for tpf: of the given TPF)."""
-        if source == "tpf":
-            assert tpf is not None, "depth_poses=tpf without a time-pose function"
-            with torch.no_grad():
-                return tpf.poses(track.timestamps.numpy()).cpu()
-        poses = track.prior_c2w if source == "prior" else track.gt_c2w
-        missing = (~torch.isfinite(poses).reshape(len(track), -1).all(dim=1)).nonzero()
-        if len(missing):
-            frame = track.frames[int(missing[0])]
-            what = "a prior c2w in its metadata" if source == "prior" else "a pose_gt file"
-            raise ValueError(f"depth_poses={source}: {frame.metadata_path} (and {len(missing) - 1} more) has no {what}")
-        return poses
-
     def set_depth_poses(self, c2w: Tensor) -> None:
         """The poses the training depth frames are used at (stage 1's); a change re-selects their shards."""
         assert self.depth_track is not None
@@ -213,76 +298,57 @@ class AsyncNerfDataManager(VanillaDataManager):
         frames = DepthFrameSet(self.depth_track, c2w, self.scene.pose_scale_factor)
         self.depth_frames = frames
         self._depth_ray_generator = RayGenerator(frames.cameras.to(self.device))
-        self._depth_appearance_index = nearest_in_time(self.scene.rgb_timestamps, frames.timestamps)
-        if self._sampler is not None:
-            self._sampler.set_depth(None, 0)
-            self._attach_depth(self._sampler)
+        self._depth_widths = frames.track.widths.to(self.device)
+        nearest = nearest_in_time(frames.timestamps.numpy(), self.scene.rgb_timestamps.numpy())
+        self._depth_appearance_index = torch.from_numpy(nearest).long().to(self.device)
+        """Per depth frame, the nearest RGB frame in time: its appearance embedding renders the depth rays."""
+        if self.train_pixel_sampler is not None:
+            self.train_pixel_sampler.set_depth(self.write_shards()["depth"], self.config.train_num_depth_rays_per_batch)
 
     # --- shards ----------------------------------------------------------------------------------
-    def write_shards(self) -> Dict[str, Optional[Path]]:
-        """Writes (or finds) the RGB and depth shard sets of every cell; returns their folders."""
+    def write_shards(self, existing_only: bool = False) -> Dict[str, Optional[Path]]:
+        """Writes (or finds) the RGB and depth shard sets of every cell; returns their folders
+        (with ``existing_only``, only finds complete ones: None where there is none)."""
+        assert self.geometry is not None
         dataset = self.train_dataset
         rgb = write_rgb_shards(
             self.shard_root, dataset.cameras, dataset.image_filenames,
             lambda i: dataset.get_image_uint8(i), self.geometry, self.config.partition, self.config.shards,
+            existing_only=existing_only,
         )
         depth = None
         if self.depth_frames is not None and self.config.train_num_depth_rays_per_batch > 0:
             frames = self.depth_frames
             depth = write_depth_shards(
-                self.shard_root, frames.cameras, [p for f in frames.track.frames for p in (f.depth_path, f.metadata_path)], frames.ray_distance,
-                frames.pose_scale_factor, self.geometry, self.config.partition, self.config.shards,
+                self.shard_root, frames.cameras, [p for f in frames.track.frames for p in (f.depth_path, f.metadata_path)],
+                frames.ray_distance, frames.pose_scale_factor, self.geometry, self.config.partition, self.config.shards,
             )
         return {"rgb": rgb, "depth": depth}
-
-    def _attach_depth(self, sampler: CellRaySampler) -> None:
-        depth = self.write_shards()["depth"]
-        sampler.set_depth(depth, self.config.train_num_depth_rays_per_batch)
-
-    @property
-    def train_pixel_sampler(self) -> CellRaySampler:  # type: ignore[override]
-        """The training sampler (nerfstudio's name: ns-export sets its num_rays_per_batch)."""
-        if self._sampler is None:
-            shard_sets = self.write_shards()
-            sampler = CellRaySampler(
-                shard_sets["rgb"], self.trained_cells, self.config.train_num_rays_per_batch,
-                self.config.sampling_seed, prefetch=self.config.shards.prefetch,
-            )
-            if sampler.empty_cells:
-                CONSOLE.print(f"[yellow]Cells {sampler.empty_cells} have no RGB pixels: they stay empty (untrained).")
-            if shard_sets["depth"] is not None:
-                sampler.set_depth(shard_sets["depth"], self.config.train_num_depth_rays_per_batch)
-            self._sampler = sampler
-        return self._sampler
-
-    def cells_with_pixels(self) -> List[int]:
-        """The trained cells that have RGB pixels; empty ones are reported and skipped."""
-        return list(self.train_pixel_sampler.cells)
 
     # --- batches ---------------------------------------------------------------------------------
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         """The batch of training step ``step`` (a repeated step, as ns-export asks for, draws the next one)."""
+        assert self.train_pixel_sampler is not None, "no training batches in inference mode"
         self.train_count += 1
         draw = step if step > self._last_draw else self._last_draw + 1
         self._last_draw = draw
         cell, rgb, depth = self.train_pixel_sampler.sample(draw)
-
-        indices = pixel_rows_columns(rgb, self.train_dataset.cameras.width[:, 0]).to(self.device)
-        bundle = self.train_ray_generator(indices)
-        bundle.metadata[DEPTH_FRAME_KEY] = torch.full((len(indices), 1), -1, dtype=torch.long, device=self.device)
-        colours = torch.from_numpy(rgb["rgb"].astype(np.float32) / 255.0)
-        batch: Dict = {"image": colours.to(self.device), "indices": indices, "cell": cell}
-
-        if depth is not None:
-            assert self._depth_ray_generator is not None and self._depth_appearance_index is not None
-            assert self.depth_frames is not None
-            d_indices = pixel_rows_columns(depth, self.depth_frames.track.widths).to(self.device)
-            depth_bundle = self._depth_ray_generator(d_indices)
-            depth_bundle.metadata[DEPTH_FRAME_KEY] = d_indices[:, :1].clone()
-            depth_bundle.camera_indices = self._depth_appearance_index.to(self.device)[d_indices[:, 0]][:, None]
-            bundle = concat_bundles(bundle, depth_bundle)
-            batch["depth"] = torch.from_numpy(depth["depth"].astype(np.float32))[:, None].to(self.device)
-        bundle.metadata[CELL_KEY] = torch.full((len(bundle), 1), cell, dtype=torch.long, device=self.device)
+        device = torch.device(self.device)
+        packed = _pack_records(rgb, depth, pin=device.type == "cuda").to(device, non_blocking=True)
+        n = len(rgb)
+        with torch.autocast(device_type=device.type, enabled=False):  # ray geometry stays float32
+            indices = ray_indices(packed[:n], self._widths)
+            bundle = self.train_ray_generator(indices)
+            bundle.metadata[DEPTH_FRAME_KEY] = torch.full((n, 1), -1, dtype=torch.long, device=device)
+            colours = ((packed[:n, 2:3] >> self._colour_shifts) & 255).float() / 255.0
+            batch: Dict = {"image": colours, "indices": indices, CELL_BATCH_KEY: cell}
+            if depth is not None:
+                d_indices = ray_indices(packed[n:], self._depth_widths)
+                depth_bundle = self._depth_ray_generator(d_indices)
+                depth_bundle.metadata[DEPTH_FRAME_KEY] = d_indices[:, :1]
+                depth_bundle.camera_indices = self._depth_appearance_index[d_indices[:, 0]][:, None]
+                bundle = concat_bundles(bundle, depth_bundle)
+                batch[DEPTH_BATCH_KEY] = packed[n:, 2:3].view(torch.float32)
         return bundle, batch
 
 

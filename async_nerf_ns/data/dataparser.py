@@ -27,15 +27,10 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from async_nerf_ns.data.cache_dir import cache_dir
-from async_nerf_ns.data.layout import DatasetLayout, LayoutError, RgbFrame, load_rgb, read_layout
-from async_nerf_ns.data.scene_metadata import (
-    DRB_TO_WORLD,
-    AsyncNerfMetadata,
-    DepthTrackData,
-    drb_c2w_to_world,
-    stack_poses_world,
-)
+from async_nerf_ns.files.cache_dir import cache_dir
+from async_nerf_ns.layout import DatasetLayout, LayoutError, RgbFrame, load_rgb, read_layout
+from async_nerf_ns.data.scene_metadata import AsyncNerfMetadata, DepthTrackData
+from async_nerf_ns.layout.frames import DRB_TO_WORLD, drb_c2w_to_world, stack_poses_world
 
 METADATA_KEY = "async_nerf"
 """Key of AsyncNerfMetadata in DataparserOutputs.metadata."""

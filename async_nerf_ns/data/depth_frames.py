@@ -9,6 +9,7 @@ what the model's expected ray termination is compared with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ from jaxtyping import Float
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from torch import Tensor
 
-from async_nerf_ns.data.layout import load_depth_metres
+from async_nerf_ns.layout.frame_files import load_ray_distance_metres
 from async_nerf_ns.data.scene_metadata import AsyncNerfMetadata, DepthTrackData
 
 
@@ -27,11 +28,15 @@ def concat_tracks(meta: AsyncNerfMetadata) -> DepthTrackData:
     return DepthTrackData.from_frames("+".join(sorted(meta.depth_tracks)), frames)
 
 
-def planar_to_ray_factor(intrinsics: Tensor, width: int, height: int) -> Float[Tensor, "H W"]:
-    """Per pixel, ray distance / planar z for nerfstudio's pixel-centre rays of a pinhole camera."""
-    fx, fy, cx, cy = (float(v) for v in intrinsics)
-    y, x = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    return torch.sqrt(((x - cx) / fx) ** 2 + ((y - cy) / fy) ** 2 + 1.0)
+def frame_time_offsets(track: DepthTrackData, offsets: Optional[Mapping[str, float]]) -> np.ndarray:
+    """Per frame of a (combined) track, its track's clock offset in seconds (0 for tracks not named)."""
+    offsets = offsets or {}
+    return np.array([float(offsets.get(frame.track, 0.0)) for frame in track.frames], dtype=np.float64)
+
+
+def ray_distance(track: DepthTrackData, index: int, pose_scale_factor: float) -> Float[Tensor, "H W"]:
+    """Measured distance along each pixel's ray of frame ``index``, scene units; 0 where there is no measurement."""
+    return load_ray_distance_metres(track.frames[index]) / pose_scale_factor
 
 
 @dataclass
@@ -70,8 +75,4 @@ class DepthFrameSet:
 
     def ray_distance(self, index: int) -> Float[Tensor, "H W"]:
         """Measured distance along each pixel's ray, scene units; 0 where there is no measurement."""
-        metres = torch.from_numpy(np.ascontiguousarray(load_depth_metres(self.track.frames[index])))
-        if not bool(self.track.depth_is_ray[index]):
-            width, height = int(self.track.widths[index]), int(self.track.heights[index])
-            metres = metres * planar_to_ray_factor(self.track.intrinsics[index], width, height)
-        return metres / self.pose_scale_factor
+        return ray_distance(self.track, index, self.pose_scale_factor)

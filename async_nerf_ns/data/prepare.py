@@ -24,8 +24,9 @@ def prepare_training_data(config) -> Dict[str, Any]:
         config.pipeline.datamanager.data = config.data
     datamanager = config.pipeline.datamanager.setup(device="cpu", test_mode="val", world_size=1, local_rank=0)
     assert isinstance(datamanager, AsyncNerfDataManager), "prepare_training_data needs an async-nerf method config"
-    shard_sets = datamanager.write_shards()
+    shard_sets = datamanager.write_shards()  # found: setup_train wrote them
     sampler = datamanager.train_pixel_sampler
+    assert sampler is not None
     return {
         "rgb_shards": shard_sets["rgb"],
         "depth_shards": shard_sets["depth"],

@@ -1,11 +1,12 @@
-"""Names of the metadata the datamanager hands to the model: per training ray, and of the dataset."""
+"""Names of what a training batch carries besides nerfstudio's ``image`` and ``indices``.
 
-CELL_KEY = "cell"
-"""(R, 1) long: the partition cell that renders this training ray. Absent: the merged field renders."""
+- ``metadata[DEPTH_FRAME_KEY]`` of the ray bundle: (R, 1) long, the depth frame a ray comes from,
+  -1 for RGB rays (depth rays follow the RGB rays);
+- ``batch[CELL_BATCH_KEY]``: the partition cell the batch belongs to, a Python int (the pipeline
+  hands it to the model, which renders the batch with that cell alone);
+- ``batch[DEPTH_BATCH_KEY]``: (D, 1) measured distance along each depth ray, scene units.
+"""
+
 DEPTH_FRAME_KEY = "depth_frame"
-"""(R, 1) long: index of the depth frame a ray comes from, -1 for RGB rays."""
-
-DATA_SETUP_KEY = "async_nerf_setup"
-"""Key in the training dataset's metadata (which nerfstudio hands to the model) of a dict with the
-cells' ``centroids`` (K, 3), ``num_depth_frames`` and ``depth_poses`` (their source); set by the
-datamanager."""
+CELL_BATCH_KEY = "cell"
+DEPTH_BATCH_KEY = "depth"

@@ -4,9 +4,7 @@ Lives in `DataparserOutputs.metadata["async_nerf"]`. Kept free of nerfstudio imp
 of plain dataclasses, tensors and paths, so nerfstudio can deep-copy it (InputDataset) and
 pickle it (ParallelDataManager's spawned workers).
 
-Frames: the layout stores poses in a normalised DRB world (x down, y right, z back); nerfstudio
-works in a z-up world. `DRB_TO_WORLD` maps one to the other:
-world x = DRB y (right), world y = -DRB z (forward), world z = -DRB x (up).
+Poses are in nerfstudio's z-up world (`layout/frames.py` converts them from the layout's DRB world).
 """
 
 from __future__ import annotations
@@ -20,25 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from async_nerf_ns.data.layout import DepthFrame
-
-DRB_TO_WORLD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
-"""p_world = DRB_TO_WORLD @ p_drb (a proper rotation, det +1)."""
-
-
-def drb_c2w_to_world(c2w_drb: Float[np.ndarray, "*bs 3 4"]) -> Float[np.ndarray, "*bs 3 4"]:
-    """Camera-to-world from the normalised DRB world to nerfstudio's world; camera axes unchanged."""
-    return np.einsum("ij,...jk->...ik", DRB_TO_WORLD, np.asarray(c2w_drb, dtype=np.float64))
-
-
-def stack_poses_world(poses: List[Optional[np.ndarray]]) -> Float[Tensor, "num 3 4"]:
-    """float32 (N, 3, 4) world-frame poses; NaN where a pose is None."""
-    out = np.full((len(poses), 3, 4), np.nan)
-    for i, pose in enumerate(poses):
-        if pose is not None:
-            out[i] = drb_c2w_to_world(pose)
-    return torch.from_numpy(out).float()
-
+from async_nerf_ns.layout import DepthFrame
+from async_nerf_ns.layout.frames import DRB_TO_WORLD, stack_poses_world
 
 @dataclass
 class DepthTrackData:

@@ -15,20 +15,7 @@ from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.utils import writer
 from torch.nn import Parameter
 
-CELL_PREFIX = "cell"
-
-
-def cell_group_name(cell: int, kind: str) -> str:
-    """The parameter group name of one kind of parameters of one cell."""
-    return f"{CELL_PREFIX}{cell}.{kind}"
-
-
-def group_kind(group_name: str) -> str:
-    """``cell3.fields`` -> ``fields``; global groups are their own kind."""
-    if group_name.startswith(CELL_PREFIX) and "." in group_name:
-        return group_name.split(".", 1)[1]
-    return group_name
-
+from async_nerf_ns.model.param_groups import group_kind
 
 def expand_cell_optimizers(templates: Dict[str, Any], group_names: List[str]) -> Dict[str, Any]:
     """Optimizer configs for every group: explicit entries win, cell groups copy their kind's template.

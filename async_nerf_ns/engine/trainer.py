@@ -1,20 +1,25 @@
-"""nerfstudio's Trainer with atomic, numpy-free checkpoints and per-cell optimisers."""
+"""nerfstudio's Trainer with atomic, numpy-free checkpoints and per-cell optimisers; it keeps the last
+step's train metrics for callbacks (``last_train_metrics``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Type
+from typing import Any, Dict, Literal, Optional, Tuple, Type
 
-from nerfstudio.engine.trainer import Trainer, TrainerConfig
+import torch
+from torch import Tensor
+
+from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from async_nerf_ns.engine.checkpoints import (
+from async_nerf_ns.files.checkpoints import (
     PARTIAL_SUFFIX,
     atomic_torch_save,
-    checkpoint_step,
-    newest_loadable_checkpoint,
+    checkpoint_name,
+    checkpoints_by_step,
+    load_newest_checkpoint,
     to_plain_python,
 )
 from async_nerf_ns.engine.optimizers import CellOptimizers
@@ -31,7 +36,27 @@ class AsyncNerfTrainerConfig(TrainerConfig):
 
 
 class AsyncNerfTrainer(Trainer):
+    """nerfstudio's Trainer, plus, for callbacks (e.g. a cluster task's progress reports):
+
+    - ``last_train_step``: the step whose metrics ``last_train_metrics`` holds (-1 before the first);
+    - ``last_train_metrics``: that step's train loss (``"loss"``), losses and metrics (``"psnr"``, ...),
+      detached tensors on the training device. Nothing is read back to the host here: a callback
+      converts what it needs when it reports (``.item()`` waits for the step to finish).
+    """
+
     config: AsyncNerfTrainerConfig
+
+    def __init__(self, config: AsyncNerfTrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(config, local_rank, world_size)
+        self.last_train_step: int = -1
+        self.last_train_metrics: Dict[str, Tensor] = {}
+
+    def train_iteration(self, step: int) -> TRAIN_INTERATION_OUTPUT:
+        loss, loss_dict, metrics_dict = super().train_iteration(step)
+        values = {"loss": loss, **loss_dict, **metrics_dict}
+        self.last_train_metrics = {k: v.detach() for k, v in values.items() if isinstance(v, Tensor)}
+        self.last_train_step = step
+        return loss, loss_dict, metrics_dict
 
     def setup_optimizers(self) -> CellOptimizers:
         param_groups = self.pipeline.get_param_groups()
@@ -42,39 +67,53 @@ class AsyncNerfTrainer(Trainer):
 
         - with ``--load-dir`` and no ``--load-step``, the newest checkpoint that actually loads is used
           (a damaged one is moved to ``RUN/unloadable_checkpoints/``, never deleted);
-        - the checkpoint is chosen before the pipeline is built, so that stage 1 (the time-pose function
-          and the depth-frame poses) comes from it rather than being fitted again;
+        - the checkpoint is read once, here, and loaded from memory after the pipeline is built;
         - ``--max-num-iterations`` is the run's total: a run resumed at step S trains up to the same
           last step as the run it continues (nerfstudio would train that many steps *more*);
         - temporary files of a save that a kill interrupted are removed.
         """
         config = self.config
-        if config.load_dir is not None:
-            if config.load_step is None:
-                found = newest_loadable_checkpoint(config.load_dir, quarantine=config.load_dir.parent / "unloadable_checkpoints")
-                if found is None:
-                    CONSOLE.print(f"[yellow]No loadable checkpoint in {config.load_dir}: training from scratch.")
-            else:
-                found = config.load_dir / f"step-{config.load_step:09d}.ckpt"
-            config.load_dir, config.load_checkpoint = None, found
-        datamanager = config.pipeline.datamanager
-        if config.load_checkpoint is not None and hasattr(datamanager, "resume_checkpoint"):
-            datamanager.resume_checkpoint = config.load_checkpoint
+        self._resume: Optional[Tuple[Path, Dict[str, Any]]] = None
+        if config.load_dir is not None and config.load_step is None:
+            self._resume = load_newest_checkpoint(config.load_dir, quarantine=config.load_dir.parent / "unloadable_checkpoints")
+            if self._resume is None:
+                CONSOLE.print(f"[yellow]No loadable checkpoint in {config.load_dir}: training from scratch.")
+        else:
+            path = config.load_checkpoint
+            if config.load_dir is not None:
+                path = config.load_dir / checkpoint_name(config.load_step)
+            if path is not None:
+                if not Path(path).is_file():
+                    raise FileNotFoundError(f"Checkpoint {path} does not exist")
+                self._resume = (Path(path), torch.load(path, map_location="cpu", weights_only=True))
+        # nerfstudio's _load_checkpoint would read the file again: ours loads the state read here.
+        config.load_dir, config.load_checkpoint = None, None if self._resume is None else self._resume[0]
         super().setup(test_mode)
 
     def _load_checkpoint(self) -> None:
+        """nerfstudio's loading of pipeline, optimisers, schedulers and scaler, from the state in memory."""
         for partial in self.checkpoint_dir.parent.glob(f".*{PARTIAL_SUFFIX}"):
             partial.unlink()
-        super()._load_checkpoint()
-        if self._start_step > 0:
-            remaining = max(0, self.config.max_num_iterations - self._start_step)
-            CONSOLE.print(f"Resuming at step {self._start_step}: {remaining} steps left of {self.config.max_num_iterations}")
-            self.config.max_num_iterations = remaining
+        if self._resume is None:
+            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+            return
+        path, state = self._resume
+        self._resume = None  # the state is not needed once loaded
+        self._start_step = state["step"] + 1
+        self.pipeline.load_pipeline(state["pipeline"], state["step"])
+        self.optimizers.load_optimizers(state["optimizers"])
+        if "schedulers" in state and self.config.load_scheduler:
+            self.optimizers.load_schedulers(state["schedulers"])
+        self.grad_scaler.load_state_dict(state["scalers"])
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
+        remaining = max(0, self.config.max_num_iterations - self._start_step)
+        CONSOLE.print(f"Resuming at step {self._start_step}: {remaining} steps left of {self.config.max_num_iterations}")
+        self.config.max_num_iterations = remaining
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
         """Like nerfstudio's, but the file appears complete or not at all, and holds no numpy objects."""
-        ckpt_path: Path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        ckpt_path: Path = self.checkpoint_dir / checkpoint_name(step)
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
         state = {
             "step": step,
@@ -86,6 +125,6 @@ class AsyncNerfTrainer(Trainer):
         atomic_torch_save(state, ckpt_path)
         if self.config.save_only_latest_checkpoint:
             # Only after the new file is complete: a crash above leaves the previous checkpoint.
-            files = sorted(self.checkpoint_dir.glob("step-*.ckpt"), key=checkpoint_step)
+            files = checkpoints_by_step(self.checkpoint_dir)
             for old in files[: max(0, len(files) - max(1, self.config.keep_checkpoints))]:
                 old.unlink()

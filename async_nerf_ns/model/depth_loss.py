@@ -17,18 +17,21 @@ def depth_loss(
     kind: DepthLossKind = "l1",
     huber_delta: float = 0.01,
 ) -> Tensor:
-    """Robust depth loss over valid targets (> 0). l1: scene units; log_l1: relative; huber: smooth L1.
+    """Robust depth loss, the mean over valid targets (> 0; 0 without any). l1: scene units; log_l1:
+    relative; huber: smooth L1.
 
     The caller converts measured planar z-depth to distance along the ray and metres to scene units.
+    A masked mean rather than boolean indexing: no host synchronisation in the training step.
     """
     valid = target > 0
-    if not torch.any(valid):
-        return predicted.sum() * 0.0
-    pred, tgt = predicted[valid], target[valid]
+    safe_target = torch.where(valid, target, torch.ones_like(target))
     if kind == "l1":
-        return torch.abs(pred - tgt).mean()
-    if kind == "log_l1":
-        return torch.abs(torch.log(pred.clamp_min(1e-6)) - torch.log(tgt)).mean()
-    if kind == "huber":
-        return torch.nn.functional.smooth_l1_loss(pred, tgt, beta=huber_delta)
-    raise ValueError(f"unknown depth loss kind {kind!r}; expected one of l1, log_l1, huber")
+        errors = torch.abs(predicted - safe_target)
+    elif kind == "log_l1":
+        errors = torch.abs(torch.log(predicted.clamp_min(1e-6)) - torch.log(safe_target))
+    elif kind == "huber":
+        errors = torch.nn.functional.smooth_l1_loss(predicted, safe_target, beta=huber_delta, reduction="none")
+    else:
+        raise ValueError(f"unknown depth loss kind {kind!r}; expected one of l1, log_l1, huber")
+    weights = valid.to(errors.dtype)
+    return (errors * weights).sum() / weights.sum().clamp_min(1.0)

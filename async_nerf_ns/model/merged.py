@@ -1,26 +1,36 @@
-"""All cells behind one router: what the viewer, ns-eval and ns-render see.
+"""Which cells render a ray bundle: one cell (a training batch) or all of them merged.
 
-Every 3-D point goes to the cell of its nearest centroid (ground-plane distance, as in Mega-NeRF);
-points are grouped by cell, each group is evaluated by its cell alone and the results are scattered
-back, so a point costs one cell evaluation whatever the number of cells. These are plain objects,
-not nn.Modules: the cells' parameters stay registered once, under the model's ``cells``.
+The model hands nerfacto's ``get_outputs`` a field, proposal density functions and a proposal
+sampler that route through a `CellRouter`:
+
+- rendering one cell (``with router.rendering(k)``, a training batch of cell k): cell k's field,
+  density functions and sampler, unchanged;
+- merged (the default: viewer, ns-eval, ns-render): every 3-D sample goes to the cell of its nearest
+  centroid (ground-plane distance, as in Mega-NeRF); samples are grouped by cell, each group is
+  evaluated by its cell alone and the results are scattered back, so a sample costs one cell
+  evaluation whatever the number of cells.
+
+These are plain objects, not nn.Modules: the cells' parameters stay registered once, under the
+model's ``cells``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
-from nerfstudio.cameras.rays import RaySamples
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor, nn
 
+from async_nerf_ns.model.cells import CellSampler
 from async_nerf_ns.partition.routing import route_to_cells
 
 
-def _scatter_by_cell(
-    cell_ids: Tensor, num_items: int, evaluate: Callable[[int, Tensor], Dict]
-) -> Dict:
+def _scatter_by_cell(cell_ids: Tensor, num_items: int, evaluate: Callable[[int, Tensor], Dict]) -> Dict:
     """Evaluate each cell on the flat indices routed to it and scatter the outputs into full tensors."""
     merged: Dict = {}
     for cell in torch.unique(cell_ids).tolist():
@@ -28,57 +38,152 @@ def _scatter_by_cell(
         for name, value in evaluate(cell, index).items():
             if name not in merged:
                 merged[name] = value.new_zeros((num_items, *value.shape[1:]))
-            merged[name] = merged[name].index_copy(0, index, value)
+            merged[name] = merged[name].index_copy(0, index, value.to(merged[name].dtype))
     return merged
 
 
-class MergedField:
-    """A nerfacto field's ``forward`` over all cells, routing each sample to its cell."""
+def in_viewer_thread() -> bool:
+    """nerfstudio's viewer renders in its own thread (RenderStateMachine); evaluations, ns-render and
+    training run elsewhere, so viewer-only render modes never reach them."""
+    from nerfstudio.viewer.render_state_machine import RenderStateMachine
 
-    def __init__(self, cells: nn.ModuleList, centroids: Tensor) -> None:
+    return isinstance(threading.current_thread(), RenderStateMachine)
+
+
+CELL_COLOURS = torch.tensor(
+    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194],
+     [127, 127, 127], [188, 189, 34], [23, 190, 207]], dtype=torch.float32,
+) / 255.0
+"""Colour of cell k: CELL_COLOURS[k % 10] (matplotlib's tab10, as in partition.png)."""
+
+
+@dataclass
+class ViewMode:
+    """What the viewer renders of the merged field (never the model's training or evaluation)."""
+
+    only_cell: Optional[int] = None
+    """Only this cell: the other cells' samples have zero density."""
+    tint: bool = False
+    """Each sample's colour mixed half and half with its cell's colour (CELL_COLOURS)."""
+
+
+class CellRouter:
+    """The cells, their centroids, and which cell renders now (None: all, merged)."""
+
+    def __init__(self, cells: nn.ModuleList, centroids: Tensor, merged_sampler: CellSampler) -> None:
         self.cells = cells
         self.centroids = centroids
+        self.merged_sampler = merged_sampler
+        self.only: Optional[int] = None
+        self.view = ViewMode()
+        """Set by the viewer's render-mode control; applied only to renders of the viewer's thread."""
+
+    def viewer_mode(self) -> ViewMode:
+        """The view mode for this render: the viewer's, in the viewer's thread and when merged; else none."""
+        if self.only is not None or (self.view.only_cell is None and not self.view.tint) or not in_viewer_thread():
+            return ViewMode()
+        return self.view
+
+    @contextlib.contextmanager
+    def rendering(self, cell: Optional[int]) -> Iterator[None]:
+        """Within the block, bundles are rendered by ``cell`` alone (None: merged)."""
+        previous, self.only = self.only, cell
+        try:
+            yield
+        finally:
+            self.only = previous
+
+    def cell_ids(self, positions: Tensor) -> Tensor:
+        return route_to_cells(positions.detach(), self.centroids)
+
+
+class MergedField:
+    """A nerfacto field's ``forward`` over the cells the router names."""
+
+    def __init__(self, router: CellRouter) -> None:
+        self.router = router
 
     def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> Dict[FieldHeadNames, Tensor]:
-        if len(self.cells) == 1:
-            return self.cells[0].field.forward(ray_samples, compute_normals=compute_normals)
+        cells = self.router.cells
+        mode = self.router.viewer_mode()
+        if self.router.only is not None or (len(cells) == 1 and mode == ViewMode()):
+            return cells[self.router.only or 0].field.forward(ray_samples, compute_normals=compute_normals)
         shape = ray_samples.shape
         flat = ray_samples.flatten()
-        cell_ids = route_to_cells(flat.frustums.get_positions().detach(), self.centroids)
+        cell_ids = self.router.cell_ids(flat.frustums.get_positions())
 
         def evaluate(cell: int, index: Tensor) -> Dict:
-            return self.cells[cell].field.forward(flat[index], compute_normals=compute_normals)
+            return cells[cell].field.forward(flat[index], compute_normals=compute_normals)
 
         merged = _scatter_by_cell(cell_ids, len(flat), evaluate)
+        if mode.only_cell is not None:
+            density = merged[FieldHeadNames.DENSITY]
+            merged[FieldHeadNames.DENSITY] = torch.where((cell_ids == mode.only_cell)[:, None], density, torch.zeros_like(density))
+        if mode.tint:
+            colour = CELL_COLOURS.to(flat.frustums.origins)[cell_ids % len(CELL_COLOURS)]
+            merged[FieldHeadNames.RGB] = 0.5 * merged[FieldHeadNames.RGB] + 0.5 * colour
         return {name: value.reshape(*shape, *value.shape[1:]) for name, value in merged.items()}
 
     __call__ = forward
 
+    def density_fn(self, positions: Tensor, times: Optional[Tensor] = None) -> Tensor:
+        """Density of the radiance fields (not the proposal networks) at ``positions``, all cells merged
+        whatever the viewer shows (the occupancy grid is filled from it)."""
+        fns = [cell.field.density_fn for cell in self.router.cells]
+        return _routed_density(self.router, fns, positions, times, apply_view=False)
+
+
+def _routed_density(
+    router: CellRouter, fns: List[Callable], positions: Tensor, times: Optional[Tensor], apply_view: bool = True
+) -> Tensor:
+    only_cell = router.viewer_mode().only_cell if apply_view else None
+    if router.only is not None or (len(fns) == 1 and only_cell is None):
+        return fns[router.only or 0](positions, times)
+    shape = positions.shape[:-1]
+    flat = positions.reshape(-1, 3)
+    flat_times = None if times is None else times.reshape(-1, times.shape[-1])
+    cell_ids = router.cell_ids(flat)
+
+    def evaluate(cell: int, index: Tensor) -> Dict:
+        cell_times = None if flat_times is None else flat_times[index]
+        return {"density": fns[cell](flat[index], cell_times)}
+
+    density = _scatter_by_cell(cell_ids, flat.shape[0], evaluate)["density"]
+    if only_cell is not None:  # the proposal samplers put their samples into that cell too
+        density = torch.where((cell_ids == only_cell)[:, None], density, torch.zeros_like(density))
+    return density.reshape(*shape, *density.shape[1:])
+
 
 class MergedDensityFn:
-    """Proposal iteration ``i``'s density function over all cells (same routing as the field)."""
+    """Proposal iteration ``iteration``'s density function over the cells the router names."""
 
-    def __init__(self, cells: nn.ModuleList, centroids: Tensor, iteration: int) -> None:
-        self.cells = cells
-        self.centroids = centroids
+    def __init__(self, router: CellRouter, iteration: int) -> None:
+        self.router = router
         self.iteration = iteration
 
     def __call__(self, positions: Tensor, times: Optional[Tensor] = None) -> Tensor:
-        fns = [cell.density_fns[self.iteration] for cell in self.cells]
-        if len(fns) == 1:
-            return fns[0](positions, times)
-        shape = positions.shape[:-1]
-        flat = positions.reshape(-1, 3)
-        flat_times = None if times is None else times.reshape(-1, times.shape[-1])
-        cell_ids = route_to_cells(flat.detach(), self.centroids)
-
-        def evaluate(cell: int, index: Tensor) -> Dict:
-            cell_times = None if flat_times is None else flat_times[index]
-            return {"density": fns[cell](flat[index], cell_times)}
-
-        density = _scatter_by_cell(cell_ids, flat.shape[0], evaluate)["density"]
-        return density.reshape(*shape, *density.shape[1:])
+        fns = [cell.density_fns[self.iteration] for cell in self.router.cells]
+        return _routed_density(self.router, fns, positions, times)
 
 
-def merged_density_fns(cells: nn.ModuleList, centroids: Tensor, num_iterations: int) -> List[MergedDensityFn]:
-    return [MergedDensityFn(cells, centroids, i) for i in range(num_iterations)]
+class RoutedSampler:
+    """The proposal sampler of the cell the router names (each keeps its own schedule), or the merged
+    one; nerfacto's schedule callbacks (``set_anneal``, ``step_cb``) go to the same sampler."""
+
+    def __init__(self, router: CellRouter) -> None:
+        self.router = router
+
+    @property
+    def active(self) -> CellSampler:
+        if self.router.only is None:
+            return self.router.merged_sampler
+        return self.router.cells[self.router.only].sampler
+
+    def __call__(self, ray_bundle: RayBundle, density_fns: List[Callable]):
+        return self.active(ray_bundle, density_fns=density_fns)
+
+    def set_anneal(self, anneal: float) -> None:
+        self.active.set_anneal(anneal)
+
+    def step_cb(self, step: int) -> None:
+        self.active.step_cb(step)

@@ -1,42 +1,49 @@
-"""The async-nerf Model: nerfacto's rendering and losses over partition cells, plus depth supervision.
+"""The async-nerf Model: nerfacto over partition cells, plus depth supervision and depth-frame poses.
 
-Subclasses NerfactoModel and keeps its ``get_outputs``/losses: the only differences are *which*
-field and proposal density functions it renders with (``field``/``density_fns`` are properties:
-the cell named by a training batch, or all cells merged by the router at eval/render time), the
-depth loss on rays of depth frames, the depth-frame pose corrections, and LPIPS being optional.
+It is to nerfacto what nerfstudio's DepthNerfactoModel is: a subclass that calls ``super()`` and
+overrides only what differs.
+
+- **Cells** (``populate_modules``): nerfacto's own set-up runs once per cell, and each run's field,
+  proposal networks and sampler become one `Cell`; the model then renders with a field, density
+  functions and a sampler that route to the cells (`merged.py`). ``get_outputs`` is nerfacto's,
+  unchanged: a training batch names its cell (``forward(bundle, cell=k)``) and is rendered by that
+  cell alone; everything else (viewer, ns-eval, ns-render) is rendered merged.
+- **Per-cell schedules**: nerfacto's schedule callbacks (proposal weight annealing, sampler steps)
+  run per batch on the batch's cell's own step count, and so do the depth warm-up and stage 3.
+- **Depth**: the loss on the depth rays of a batch (they follow its RGB rays); depth-frame pose
+  corrections in the rig optimiser (`pose_refinement.py`).
+- **LPIPS** is optional: the metric object is replaced (`lpips.py`), not the method using it.
+
+What the model needs from the data comes as constructor arguments from the pipeline (``centroids``,
+``num_depth_frames``, ``depth_pose_source``, ``depth_trajectory``), as nerfstudio hands it the scene box.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
-import numpy as np
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.field_components.spatial_distortions import SceneContraction
-from nerfstudio.model_components.losses import MSELoss
-from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler, UniformSampler
-from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, NormalsRenderer, RGBRenderer
-from nerfstudio.model_components.scene_colliders import NearFarCollider
-from nerfstudio.model_components.shaders import NormalsShader
-from nerfstudio.models.base_model import Model
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
-from nerfstudio.utils import colormaps
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from async_nerf_ns.data.ray_keys import CELL_KEY, DATA_SETUP_KEY
-from async_nerf_ns.engine.optimizers import cell_group_name
-from async_nerf_ns.model.cells import Cell
+from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY
+from async_nerf_ns.model import occupancy
+from async_nerf_ns.model.cells import Cell, CellSampler
 from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
-from async_nerf_ns.model.lpips import build_lpips_if_available
-from async_nerf_ns.model.merged import MergedField, merged_density_fns
+from async_nerf_ns.model.lpips import offline_lpips
+from async_nerf_ns.model.merged import CellRouter, MergedDensityFn, MergedField, RoutedSampler, in_viewer_thread
+from async_nerf_ns.model.param_groups import cell_group_name
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
 
+ACCURATE_DEPTH_POSES = ("tpf", "gt")
+"""Depth-pose sources whose per-frame corrections stay off unless refine_accurate_depth_poses."""
 
 
 @dataclass
@@ -64,137 +71,156 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     it has had this many steps itself (each cell counts its own steps, as its schedules do)."""
     huber_delta: float = 0.01
     """With depth_loss_type huber: the error (scene units) where the loss turns from quadratic to linear."""
+    eval_appearance: Literal["average", "left-half"] = "average"
+    """How ns-eval renders val images, which have no appearance embedding of their own: average (nerfstudio's:
+    each cell's mean embedding) or left-half (Mega-NeRF's protocol: an embedding per image and cell fitted
+    on the image's left half, metrics on the right half; evaluation/appearance.py). For a finished run, set
+    pipeline.model.eval_appearance in its config.yml."""
+    eval_appearance_steps: int = 200
+    """left-half: Adam steps fitting each val image's embeddings."""
+    eval_appearance_rays: int = 1024
+    """left-half: rays of the left half per fitting step."""
+    eval_appearance_lr: float = 0.05
+    """left-half: Adam's learning rate for the embeddings (measured on the example town with a tinted val
+    split: 50 steps of 256 rays at 0.05 recovered +1.0 dB on the right halves, 100 steps at 0.01 +0.4 dB)."""
+    # Rendering the merged field with a nerfacc occupancy grid (occupancy.py). Plain defaults only:
+    # config.yml files written before these fields existed read them from the class.
+    eval_sampler: occupancy.EvalSampler = "auto"
+    """How the merged field is rendered (ns-viewer, ns-eval, ns-render; training always uses the proposal
+    sampler): occupancy (a nerfacc occupancy grid skips empty space and stops rays early; CUDA only),
+    proposal (nerfacto's sampler), auto (the occupancy grid for the viewer's renders on CUDA when nerfacc's
+    kernels load, for interactive speed; the proposal sampler for ns-eval and ns-render, which report what
+    the cells were trained to render, and on CPU). The occupancy path's speed and PSNR are not measured yet
+    on a GPU (examples/bench_occupancy.py measures them)."""
+    occupancy_grid_resolution: int = 128
+    """Voxels along each axis of every level of the occupancy grid."""
+    occupancy_grid_levels: int = 4
+    """Levels of the grid: the first covers the scene box, each next one twice the previous extent.
+    Nothing beyond the last (box half-size x 2**(levels-1)) is sampled."""
+    occupancy_render_step_size: Optional[float] = None
+    """Smallest step along a ray (scene units); None: the scene box's diagonal / 1000 (instant-ngp's)."""
+    occupancy_cone_angle: float = 0.004
+    """Steps grow as distance x this (instant-ngp's value for real scenes; 0: constant steps)."""
+    occupancy_alpha_threshold: float = 0.01
+    """Samples whose opacity is below this are skipped (capped by the grid's mean occupancy, as nerfacc does)."""
+    occupancy_early_stop_eps: float = 1e-4
+    """A ray stops once its transmittance is below this."""
+    occupancy_threshold: float = 0.01
+    """A voxel is occupied where max density x render step exceeds min(this, the mean over all voxels)."""
+    occupancy_fill_samples: int = 2
+    """Density samples per voxel and axis when the grid is filled (this**3 per voxel; the voxel's max counts)."""
+    occupancy_dilation: int = 1
+    """Voxels added around every occupied voxel after the fill: a margin for surfaces the fill's samples
+    only graze (costs a few density samples per ray in front of each surface)."""
+    occupancy_fill_chunk: int = 1 << 20
+    """Points per density evaluation while the grid is filled (bounds its memory)."""
+    occupancy_refresh_steps: int = 1000
+    """The grid is refilled when the cells have trained this many steps (all cells together) since it was
+    filled, e.g. in a viewer during training; 0: never (fill_occupancy_grid refills on request)."""
 
 
 class AsyncNerfModel(NerfactoModel):
     """Nerfacto over partition cells.
 
-    The cells' centroids and the number of depth frames come with the training dataset's metadata
-    (``metadata[DATA_SETUP_KEY]``, set by the datamanager).
+    Constructor arguments beyond nerfstudio's (``config.setup(..., centroids=...)``):
+        centroids: (K, 3) world-frame centroids of the cells (default: one cell at the origin).
+        num_depth_frames: training depth frames (rows of the per-frame depth-pose corrections).
+        depth_pose_source: where the depth frames' poses come from (tpf, prior, gt).
+        depth_trajectory: with TPF fine-tuning, the corrections from stage-1 to current TPF poses.
+        cell_training_pixels: (K, 3) RGB rays, depth rays and images of each cell's training data.
     """
 
     config: AsyncNerfModelConfig
 
     def populate_modules(self) -> None:
-        Model.populate_modules(self)
-        setup = (self.kwargs.get("metadata") or {}).get(DATA_SETUP_KEY, {})
-        centroids = setup.get("centroids")
-        if centroids is None:
-            centroids = torch.zeros(1, 3)
-        self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32).clone())
-        distortion = None if self.config.disable_scene_contraction else SceneContraction(order=float("inf"))
-        self.cells = nn.ModuleList(
-            Cell(self.config, self.scene_box.aabb, self.num_train_data, distortion) for _ in range(len(centroids))
+        centroids = torch.as_tensor(self.kwargs.get("centroids", torch.zeros(1, 3)), dtype=torch.float32)
+        cells = []
+        for _ in range(len(centroids)):
+            with offline_lpips():
+                super().populate_modules()
+            cells.append(self._cell_from_nerfacto_parts())
+        merged_sampler = CellSampler.like(self.proposal_sampler)
+        # nerfacto's last set-up left one cell's parts on the model: they are the cell's, not the model's.
+        del self.field, self.proposal_networks, self.proposal_sampler
+        self.cells = nn.ModuleList(cells)
+        pixels = self.kwargs.get("cell_training_pixels")
+        if pixels is not None:
+            for cell, counts in zip(self.cells, torch.as_tensor(pixels, dtype=torch.long)):
+                cell.training_pixels.copy_(counts)
+        self.register_buffer("centroids", centroids.clone())
+        self.router = CellRouter(self.cells, self.centroids, merged_sampler)
+        self.field = MergedField(self.router)  # type: ignore[assignment]
+        self.density_fns = [MergedDensityFn(self.router, i) for i in range(self.config.num_proposal_iterations)]
+        self.proposal_sampler = RoutedSampler(self.router)  # type: ignore[assignment]
+        self.camera_optimizer = self._rig_pose_optimizer()  # type: ignore[assignment]
+        # nerfacto's schedule callbacks (annealing, sampler steps), run per cell on the cell's own steps.
+        self.cell_schedule = NerfactoModel.get_training_callbacks(self, None)  # type: ignore[arg-type]
+
+    def _cell_from_nerfacto_parts(self) -> Cell:
+        appearance_dim = self.config.appearance_embed_dim if self.config.use_appearance_embedding else 0
+        return Cell(
+            self.field,
+            self.proposal_networks,
+            list(self.density_fns),
+            CellSampler.like(self.proposal_sampler),
+            appearance_dim,
+            self.num_train_data,
         )
-        depth_pose_optimizer = self.config.depth_pose_optimizer
-        if setup.get("depth_poses") in ("tpf", "gt") and not self.config.refine_accurate_depth_poses:
-            depth_pose_optimizer = dataclasses.replace(depth_pose_optimizer, mode="off")
-        self.camera_optimizer = RigPoseOptimizer(
+
+    def _rig_pose_optimizer(self) -> RigPoseOptimizer:
+        depth_config = self.config.depth_pose_optimizer
+        if self.kwargs.get("depth_pose_source") in ACCURATE_DEPTH_POSES and not self.config.refine_accurate_depth_poses:
+            depth_config = dataclasses.replace(depth_config, mode="off")
+        return RigPoseOptimizer(
             self.config.camera_optimizer,
-            depth_pose_optimizer,
+            depth_config,
             num_rgb=self.num_train_data,
-            num_depth=int(setup.get("num_depth_frames", 0)),
-        )
-        self._schedule_step = 0
-        # Each cell runs nerfacto's step schedules (proposal update/anneal, depth warm-up) on its own
-        # clock, as if it were trained alone: one proposal sampler per cell (the sampler keeps its
-        # update counters), plus one for merged rendering.
-        self.cell_samplers = [self._make_sampler() for _ in range(len(centroids))]
-        self.merged_sampler = self._make_sampler()
-        self.collider = NearFarCollider(near_plane=self.config.near_plane, far_plane=self.config.far_plane)
-        self.renderer_rgb = RGBRenderer(background_color=self.config.background_color)
-        self.renderer_accumulation = AccumulationRenderer()
-        self.renderer_depth = DepthRenderer(method="median")
-        self.renderer_expected_depth = DepthRenderer(method="expected")
-        self.renderer_normals = NormalsRenderer()
-        self.normals_shader = NormalsShader()
-        self.rgb_loss = MSELoss()
-        self.step = 0
-
-        from torchmetrics.functional import structural_similarity_index_measure
-        from torchmetrics.image import PeakSignalNoiseRatio
-
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.ssim = structural_similarity_index_measure
-        self.lpips = build_lpips_if_available()
-
-    def _make_sampler(self) -> ProposalNetworkSampler:
-        def update_schedule(step):
-            return np.clip(
-                np.interp(step, [0, self.config.proposal_warmup], [0, self.config.proposal_update_every]),
-                1,
-                self.config.proposal_update_every,
-            )
-
-        initial_sampler = None
-        if self.config.proposal_initial_sampler == "uniform":
-            initial_sampler = UniformSampler(single_jitter=self.config.use_single_jitter)
-        return ProposalNetworkSampler(
-            num_nerf_samples_per_ray=self.config.num_nerf_samples_per_ray,
-            num_proposal_samples_per_ray=self.config.num_proposal_samples_per_ray,
-            num_proposal_network_iterations=self.config.num_proposal_iterations,
-            single_jitter=self.config.use_single_jitter,
-            update_sched=update_schedule,
-            initial_sampler=initial_sampler,
+            num_depth=int(self.kwargs.get("num_depth_frames", 0)),
+            trajectory=self.kwargs.get("depth_trajectory"),
         )
 
-    def _anneal(self, step: int) -> float:
-        """nerfacto's proposal-weight annealing (Mip-NeRF 360, eq. 18) at a schedule step."""
-        if not self.config.use_proposal_weight_anneal:
-            return 1.0
-        x = float(np.clip(step / self.config.proposal_weights_anneal_max_num_iters, 0, 1))
-        b = self.config.proposal_weights_anneal_slope
-        return b * x / ((b - 1) * x + 1)
-
-    def _tick(self, cell: int) -> None:
-        """One training batch rendered by ``cell``: advance its clock and its sampler's schedules."""
-        self.cells[cell].steps += 1
-        self._schedule_step = int(self.cells[cell].steps)
-        # Stage 3 starts on the cell's own clock, like its schedules: a 4x4 grid does not start refining
-        # depth poses when each cell has had 1/16 of the start step.
-        self.camera_optimizer.depth_active = self._schedule_step > self.config.depth_pose_refine_start
-        sampler = self.cell_samplers[cell]
-        sampler._steps_since_update = int(self.cells[cell].proposal_steps_since_update)
-        sampler.set_anneal(self._anneal(self._schedule_step))
-        sampler.step_cb(self._schedule_step)
-
-    # --- which field renders -------------------------------------------------------------------
     @property
     def num_cells(self) -> int:
         return len(self.cells)
 
-    @property
-    def field(self) -> MergedField:
-        """All cells behind the nearest-centroid router: what the viewer, ns-eval and ns-render see."""
-        return MergedField(self.cells, self.centroids)
+    # --- rendering -------------------------------------------------------------------------------
+    def forward(self, ray_bundle: RayBundle, cell: Optional[int] = None):  # type: ignore[override]
+        """nerfacto's rendering by ``cell`` alone (a training batch of that cell), else merged.
 
-    def _renderer(self, cell: Optional[int]) -> "_FieldsOf":
-        """The model with the fields ``cell`` renders with (None: all cells merged)."""
-        if cell is not None:
-            chosen = self.cells[cell]
-            return _FieldsOf(self, chosen.field, chosen.density_fns, self.cell_samplers[cell])
-        trained = [int(c.steps) for c in self.cells if int(c.steps) > 0]
-        self.merged_sampler.set_anneal(self._anneal(min(trained)) if trained else 1.0)
-        density_fns = merged_density_fns(self.cells, self.centroids, self.config.num_proposal_iterations)
-        return _FieldsOf(self, self.field, density_fns, self.merged_sampler)
-
-    def _cell_of(self, ray_bundle: RayBundle) -> Optional[int]:
-        cells = ray_bundle.metadata.get(CELL_KEY) if self.training else None
-        if cells is None:
-            return None
-        cell = int(cells.reshape(-1)[0])
-        assert bool(torch.all(cells == cell)), "a training batch must come from one cell"
-        return cell
-
-    def get_outputs(self, ray_bundle: RayBundle):
-        """NerfactoModel's rendering, with the fields of the batch's cell (training) or all cells merged."""
-        cell = self._cell_of(ray_bundle)
-        if cell is not None:
-            self._tick(cell)
-        outputs = NerfactoModel.get_outputs(self._renderer(cell), ray_bundle)  # type: ignore[arg-type]
-        if cell is not None:
-            self.cells[cell].proposal_steps_since_update.fill_(self.cell_samplers[cell]._steps_since_update)
+        A training batch advances the cell's clock and runs nerfacto's schedule callbacks on it
+        before and after rendering, as nerfstudio's trainer runs them around a step.
+        """
+        if self.collider is not None:
+            ray_bundle = self.collider(ray_bundle)
+        if cell is None or not self.training:
+            with self.router.rendering(None):
+                viewer = in_viewer_thread()
+                if not self.training and occupancy.use_occupancy(self.config.eval_sampler, ray_bundle.origins.device, viewer):
+                    return occupancy.occupancy_renderer(self).render(ray_bundle)
+                self._schedule_merged_sampler()
+                return self.get_outputs(ray_bundle)
+        chosen = self.cells[cell]
+        step = chosen.count_step()
+        # Stage 3 starts on the cell's own clock, like its schedules: a 4x4 grid does not start refining
+        # depth poses when each cell has had 1/16 of the start step.
+        self.camera_optimizer.depth_active = step > self.config.depth_pose_refine_start
+        with self.router.rendering(cell):
+            self._run_schedule(TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, step)
+            outputs = self.get_outputs(ray_bundle)
+            self._run_schedule(TrainingCallbackLocation.AFTER_TRAIN_ITERATION, step)
+        chosen.record_sampler_state()
         return outputs
+
+    def _run_schedule(self, where: TrainingCallbackLocation, step: int) -> None:
+        for callback in self.cell_schedule:
+            if where in callback.where_to_run:
+                callback.run_callback_at_location(step, where)
+
+    def _schedule_merged_sampler(self) -> None:
+        """Merged rendering anneals the proposal weights as the least-trained trained cell does."""
+        trained = [cell.step_count for cell in self.cells if cell.step_count > 0]
+        if trained:
+            self._run_schedule(TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, min(trained))
 
     # --- parameters and schedule ---------------------------------------------------------------
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -206,12 +232,8 @@ class AsyncNerfModel(NerfactoModel):
         return groups
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        # Not NerfactoModel's callbacks: they drive one shared sampler on the global step; ours are
-        # driven per cell in get_outputs (_tick).
-        def set_stage(step: int) -> None:
-            self.step = step
-
-        return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], set_stage, update_every_num_iters=1)]
+        """None on the global step: nerfacto's schedules run per cell, on the cell's steps (``forward``)."""
+        return []
 
     # --- losses and metrics ----------------------------------------------------------------------
     @staticmethod
@@ -221,48 +243,28 @@ class AsyncNerfModel(NerfactoModel):
         return {**outputs, "rgb": outputs["rgb"][:n], "accumulation": outputs["accumulation"][:n]}
 
     def get_metrics_dict(self, outputs, batch):
-        return super().get_metrics_dict(self._rgb_part(outputs, batch), batch)
+        metrics = super().get_metrics_dict(self._rgb_part(outputs, batch), batch)
+        if self.training and CELL_BATCH_KEY in batch:  # the cells panel of the viewer shows it
+            self.cells[batch[CELL_BATCH_KEY]].train_psnr.copy_(metrics["psnr"].detach())
+        return metrics
 
-    def depth_loss_weight(self) -> float:
+    def depth_loss_weight(self, cell_step: int) -> float:
         warmup = max(1, self.config.depth_loss_warmup_steps)
-        return self.config.depth_loss_mult * min(1.0, self._schedule_step / warmup)
+        return self.config.depth_loss_mult * min(1.0, cell_step / warmup)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None):
         loss_dict = super().get_loss_dict(self._rgb_part(outputs, batch), batch, metrics_dict)
-        target = batch.get("depth")
+        target = batch.get(DEPTH_BATCH_KEY)
         if self.training and target is not None and len(target) and self.config.depth_loss_mult > 0:
             predicted = outputs["expected_depth"][len(batch["image"]) :]
             loss = depth_loss(predicted, target.to(predicted.device), self.config.depth_loss_type, self.config.huber_delta)
-            loss_dict["depth_loss"] = self.depth_loss_weight() * loss
+            loss_dict["depth_loss"] = self.depth_loss_weight(self.cells[batch[CELL_BATCH_KEY]].step_count) * loss
         return loss_dict
 
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
-        gt_rgb = self.renderer_rgb.blend_background(batch["image"].to(self.device))
-        predicted_rgb = outputs["rgb"]
-        gt, pred = torch.moveaxis(gt_rgb, -1, 0)[None], torch.moveaxis(predicted_rgb, -1, 0)[None]
-        metrics = {"psnr": float(self.psnr(gt, pred).item()), "ssim": float(self.ssim(gt, pred))}
-        if self.lpips is not None:
-            metrics["lpips"] = float(self.lpips(gt, pred))
-        images = {
-            "img": torch.cat([gt_rgb, predicted_rgb], dim=1),
-            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
-            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
-        }
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        if math.isnan(metrics.get("lpips", 0.0)):
+            del metrics["lpips"]  # its weights are not on disk (see lpips.py)
         return metrics, images
-
-
-class _FieldsOf:
-    """The model as NerfactoModel.get_outputs sees it for one ray bundle: explicit ``field``,
-    ``density_fns`` and ``proposal_sampler`` (a cell's, or the merged ones); every other attribute is
-    the model's. get_outputs only reads from ``self``, so it runs unchanged on this view."""
-
-    def __init__(self, model: "AsyncNerfModel", field, density_fns, proposal_sampler: ProposalNetworkSampler) -> None:
-        self._model = model
-        self.field = field
-        self.density_fns = density_fns
-        self.proposal_sampler = proposal_sampler
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)

@@ -8,6 +8,11 @@ embedding. Depth corrections are only applied once joint refinement has started 
 Optionally (the pipeline's ``finetune_tpf``), a depth ray is first moved from its stage-1 pose to
 the current time-pose function's pose (``trajectory``, see trajectory/finetune.py), so that the
 depth loss fine-tunes the TPF too; the per-frame correction is applied on top of that.
+
+Ray geometry stays float32 under mixed precision: the corrections are computed and applied with
+autocast off (as nerfstudio keeps a RayBundle's geometry float32), whatever precision the inputs
+come in. RGB and depth rays are told apart with ``torch.where`` on the depth-frame index, not with
+index lists: no host synchronisation, and no mixed-dtype ``index_copy`` (which CUDA refuses).
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor, nn
 
 from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
+from async_nerf_ns.model.param_groups import DEPTH_POSE_GROUP
 
-DEPTH_POSE_GROUP = "depth_pose_opt"
+Corrections = Callable[[Tensor], Tensor]
+"""Frame indices (M,) -> 3x4 corrections (M, 3, 4)."""
 
 
 def _apply(corrections: Tensor, origins: Tensor, directions: Tensor):
     """Apply 3x4 corrections the way CameraOptimizer.apply_to_raybundle does (rotate about the camera)."""
-    return origins + corrections[:, :3, 3], torch.bmm(corrections[:, :3, :3], directions[..., None])[..., 0]
+    corrections = corrections.float()
+    rotated = torch.bmm(corrections[:, :3, :3], directions[..., None])[..., 0]
+    return origins + corrections[:, :3, 3], rotated
 
 
 def _apply_to_poses(corrections: Tensor, c2w: Tensor) -> Tensor:
@@ -44,46 +53,52 @@ class RigPoseOptimizer(nn.Module):
         depth_config: CameraOptimizerConfig,
         num_rgb: int,
         num_depth: int,
+        trajectory: Optional[Corrections] = None,
     ) -> None:
         super().__init__()
         self.rgb = rgb_config.setup(num_cameras=num_rgb, device="cpu")
         self.depth: CameraOptimizer = depth_config.setup(num_cameras=max(num_depth, 1), device="cpu")
         self.depth_active = False
-        """Set by the model's stage-3 callback; before that, depth poses are taken as given."""
-        self.trajectory: Optional[Callable[[Tensor], Tensor]] = None
+        """Set by the model on each training batch: whether the batch's cell is in stage 3."""
+        self.trajectory = trajectory
         """Depth-frame indices -> 3x4 corrections from the stage-1 poses to the fine-tuned TPF's, when
-        the pipeline fine-tunes the TPF (set by the pipeline; not a submodule, the TPF is the pipeline's)."""
+        the pipeline fine-tunes the TPF (owned by the pipeline, which saves the TPF under ``tpf.*``)."""
 
-    def apply_to_raybundle(self, ray_bundle: RayBundle) -> None:
-        depth_frame = ray_bundle.metadata.get(DEPTH_FRAME_KEY)
-        if depth_frame is None:
-            self.rgb.apply_to_raybundle(ray_bundle)
-            return
-        depth_frame = depth_frame[..., 0]
-        is_depth = depth_frame >= 0
-        origins, directions = ray_bundle.origins, ray_bundle.directions
-        rgb_rows = torch.nonzero(~is_depth, as_tuple=True)[0]
-        depth_rows = torch.nonzero(is_depth, as_tuple=True)[0]
-        new_origins, new_directions = origins.clone(), directions.clone()
-        if self.rgb.config.mode != "off" and len(rgb_rows):
-            corr = self.rgb(ray_bundle.camera_indices[rgb_rows, 0])
-            o, d = _apply(corr, origins[rgb_rows], directions[rgb_rows])
-            new_origins, new_directions = new_origins.index_copy(0, rgb_rows, o), new_directions.index_copy(0, rgb_rows, d)
-        if self.depth_active and len(depth_rows):
-            o, d = origins[depth_rows], directions[depth_rows]
-            for corrections in self._depth_corrections():
-                o, d = _apply(corrections(depth_frame[depth_rows]), o, d)
-            new_origins, new_directions = new_origins.index_copy(0, depth_rows, o), new_directions.index_copy(0, depth_rows, d)
-        ray_bundle.origins, ray_bundle.directions = new_origins, new_directions
-
-    def _depth_corrections(self) -> List[Callable[[Tensor], Tensor]]:
+    def _depth_corrections(self) -> List[Corrections]:
         """The corrections applied to depth rays in stage 3, in order: TPF fine-tuning, per frame."""
-        corrections: List[Callable[[Tensor], Tensor]] = []
+        corrections: List[Corrections] = []
         if self.trajectory is not None:
             corrections.append(self.trajectory)
         if self.depth.config.mode != "off":
             corrections.append(self.depth)
         return corrections
+
+    def apply_to_raybundle(self, ray_bundle: RayBundle) -> None:
+        depth_frame = ray_bundle.metadata.get(DEPTH_FRAME_KEY)
+        rgb_on = self.rgb.config.mode != "off"
+        depth_corrections = self._depth_corrections() if self.depth_active and depth_frame is not None else []
+        if not rgb_on and not depth_corrections:
+            return
+        with torch.autocast(device_type=ray_bundle.origins.device.type, enabled=False):
+            origins, directions = ray_bundle.origins.float(), ray_bundle.directions.float()
+            new_origins, new_directions = origins, directions
+            is_depth = None if depth_frame is None else (depth_frame >= 0)
+            if rgb_on:
+                corrected = _apply(self.rgb(ray_bundle.camera_indices[..., 0]), origins, directions)
+                if is_depth is None:
+                    new_origins, new_directions = corrected
+                else:
+                    new_origins = torch.where(is_depth, origins, corrected[0])
+                    new_directions = torch.where(is_depth, directions, corrected[1])
+            if depth_corrections:
+                assert depth_frame is not None and is_depth is not None
+                frames = depth_frame[..., 0].clamp(min=0)  # RGB rays (-1) compute a correction that is dropped
+                o, d = origins, directions
+                for corrections in depth_corrections:
+                    o, d = _apply(corrections(frames), o, d)
+                new_origins = torch.where(is_depth, o, new_origins)
+                new_directions = torch.where(is_depth, d, new_directions)
+        ray_bundle.origins, ray_bundle.directions = new_origins, new_directions
 
     def apply_to_camera(self, camera: Cameras) -> Tensor:
         return self.rgb.apply_to_camera(camera)
@@ -92,7 +107,7 @@ class RigPoseOptimizer(nn.Module):
         """Depth-frame poses (N,3,4), given at stage 1, with the learned corrections applied (as to the rays)."""
         frames = torch.arange(c2w.shape[0], device=c2w.device)
         for corrections in self._depth_corrections():
-            c2w = _apply_to_poses(corrections(frames), c2w)
+            c2w = _apply_to_poses(corrections(frames).float(), c2w)
         return c2w
 
     def get_loss_dict(self, loss_dict: Dict) -> None:
@@ -103,11 +118,18 @@ class RigPoseOptimizer(nn.Module):
             loss_dict.update({f"depth_pose_{k}": v for k, v in depth_losses.items()})
 
     def get_metrics_dict(self, metrics_dict: Dict) -> None:
-        self.rgb.get_metrics_dict(metrics_dict)
-        if self.depth_active:
-            depth_metrics: Dict = {}
-            self.depth.get_metrics_dict(depth_metrics)
-            metrics_dict.update({k.replace("camera_opt", "depth_pose_opt"): v for k, v in depth_metrics.items()})
+        """nerfstudio's camera-optimiser metrics, as device tensors (nerfstudio's own read them back to
+        the host with ``.cpu()`` on every step)."""
+        optimizers = [("camera_opt", self.rgb)] + ([("depth_pose_opt", self.depth)] if self.depth_active else [])
+        for prefix, optimizer in optimizers:
+            if optimizer.config.mode == "off":
+                continue
+            adjustment = optimizer.pose_adjustment.detach()
+            translation, rotation = adjustment[:, :3].norm(dim=-1), torch.rad2deg(adjustment[:, 3:].norm(dim=-1))
+            metrics_dict[f"{prefix}_translation_max"] = translation.max()
+            metrics_dict[f"{prefix}_translation_mean"] = translation.mean()
+            metrics_dict[f"{prefix}_rotation_mean"] = rotation.mean()
+            metrics_dict[f"{prefix}_rotation_max"] = rotation.max()
 
     def get_param_groups(self, param_groups: Dict[str, List]) -> None:
         self.rgb.get_param_groups(param_groups)

@@ -15,11 +15,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from async_nerf_ns.layout.frames import DRB_TO_WORLD, WORLD_UP_IN_DRB
 from async_nerf_ns.partition.centroids import grid_centroids
 from async_nerf_ns.partition.config import PartitionConfig
 
-WORLD_UP_IN_DRB = (-1.0, 0.0, 0.0)
-"""World z is the layout's up axis, -x of DRB: the third row of the DRB -> world rotation."""
 
 
 def altitude_to_world_z(altitude_m: float, origin_drb: Tensor, pose_scale_factor: float) -> float:
@@ -93,7 +92,7 @@ def resolve_geometry(
     if not (pose_scale_factor > 0 and math.isfinite(pose_scale_factor)):
         raise ValueError(f"pose_scale_factor must be a positive number of metres per unit, got {pose_scale_factor}")
     if drb_to_world is None:
-        drb_to_world = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+        drb_to_world = torch.from_numpy(DRB_TO_WORLD)
     drb_to_world = torch.as_tensor(drb_to_world, dtype=torch.float64)
     if not torch.allclose(drb_to_world[2], torch.tensor(WORLD_UP_IN_DRB, dtype=torch.float64)):
         raise ValueError(

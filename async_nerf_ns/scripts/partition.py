@@ -23,21 +23,21 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-import numpy as np
 import tyro
-from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from async_nerf_ns.data.prepare import prepare_training_data
+from async_nerf_ns.method import preset_descriptions, presets
 from async_nerf_ns.partition.plot import plot_partition
-from async_nerf_ns.shards.format import IMAGE_COUNTS, read_manifest
+from async_nerf_ns.shards.format import read_manifest
+from async_nerf_ns.shards.sets import image_counts
 
 PARTITION_JSON_FORMAT = "async-nerf-partition/2"
 """Written into partition.json so readers can tell which layout of the file they have."""
 
 
 def _per_cell(shard_set) -> Dict[str, Any]:
-    counts = np.load(Path(shard_set) / IMAGE_COUNTS)
+    counts = image_counts(shard_set)
     manifest = read_manifest(shard_set)
     return {
         "records": counts.sum(axis=0).astype(int).tolist(),
@@ -110,9 +110,12 @@ def partition(config) -> Dict[str, Any]:
 
 
 def entrypoint() -> None:
-    """Console entry point: async-nerf-partition (takes ns-train's command line)."""
+    """Console entry point: async-nerf-partition (takes ns-train's command line, for the async-nerf methods)."""
     tyro.extras.set_accent_color("bright_yellow")
-    partition(tyro.cli(AnnotatedBaseConfigUnion, prog="async-nerf-partition", description=__doc__))
+    methods = tyro.conf.SuppressFixed[  # as nerfstudio's ns-train, over the methods the shards are for
+        tyro.conf.FlagConversionOff[tyro.extras.subcommand_type_from_defaults(defaults=presets(), descriptions=preset_descriptions())]
+    ]
+    partition(tyro.cli(methods, prog="async-nerf-partition", description=__doc__))
 
 
 if __name__ == "__main__":

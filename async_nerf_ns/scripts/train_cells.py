@@ -13,13 +13,20 @@ from __future__ import annotations
 import sys
 
 import tyro
+from rich.markup import escape
 
-from async_nerf_ns.cluster.driver import cli
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from async_nerf_ns.cluster.driver import ClusterError, cli
 
 
 def entrypoint() -> None:
     tyro.extras.set_accent_color("bright_yellow")
-    cli(sys.argv[1:]).main()
+    try:
+        cli(sys.argv[1:]).main()
+    except ClusterError as error:  # the user's to fix (a refused connection, missing resources): no traceback
+        CONSOLE.print(f"[bold red]async-nerf-train-cells:[/] {escape(str(error))}", highlight=False)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

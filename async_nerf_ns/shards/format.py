@@ -43,6 +43,11 @@ class ShardSetError(ValueError):
     """A shard set that cannot be read (missing, incomplete, damaged); the message names the folder."""
 
 
+def is_complete(shard_set: Path) -> bool:
+    """A set is complete once its manifest (written last) exists."""
+    return (Path(shard_set) / MANIFEST).is_file()
+
+
 def read_manifest(shard_set: Path) -> Dict[str, Any]:
     path = Path(shard_set) / MANIFEST
     if not path.is_file():

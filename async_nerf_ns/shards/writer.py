@@ -1,9 +1,11 @@
 """Writing a shard set: every image's pixels dealt to the chunk files of the cells they belong to.
 
-Memory stays bounded whatever the number of images: one image's pixels and masks at a time, plus a
-shuffle buffer of ``shuffle_buffer_records`` records. When the buffer is full it is permuted per cell
-and dealt evenly over all of that cell's chunk files (appended), so every chunk holds a random
-sample of all images, as Mega-NeRF's shuffled ray chunks do.
+Memory stays bounded whatever the number of images: a few images' pixels and masks at a time (the
+current one and ``ahead`` being prepared in a background thread), plus a buffer of
+``shuffle_buffer_records`` records. Each image's records of a cell are dealt at random and evenly
+over all of that cell's chunks as the image arrives (`_stratified_order`, seeded by (seed, image)),
+so every chunk holds a random share of every image, as Mega-NeRF's shuffled ray chunks do; when the
+buffer is full its pieces are appended to the chunk files.
 
 Resumable: writing happens in ``<set>.partial/``; after every flush the chunk files are fsynced and
 ``progress.json`` records the next image and every chunk file's length. A run killed at any moment
@@ -13,15 +15,19 @@ is renamed into place and ``manifest.json`` (written last) marks it complete.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import itertools
 import json
 import math
 import os
 import shutil
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -34,14 +40,15 @@ from async_nerf_ns.shards.format import (
     RECORDS,
     cell_folder,
     chunk_path,
+    is_complete,
 )
-from async_nerf_ns.engine.checkpoints import write_json_atomic
+from async_nerf_ns.files.atomic import write_json_atomic
 
 PROGRESS = "progress.json"
 
 ImagePixels = Tuple[np.ndarray, np.ndarray]
-"""One image for the writer: (membership (P, K) bool, per-pixel values (P,) or (P, C)); pixels that
-must not be trained on (no depth measurement) have no cell in membership."""
+"""One image for the writer: (membership (K, P) bool: cells x pixels, per-pixel values (P,) or (P, C));
+pixels that must not be trained on (no depth measurement) have no cell in membership."""
 
 
 @dataclass
@@ -59,13 +66,104 @@ def chunks_for(total_pixels: int, chunk_records: int) -> int:
     return max(1, math.ceil(total_pixels / max(1, chunk_records)))
 
 
-def _records(kind: str, image: int, membership: np.ndarray, values: np.ndarray, cell: int) -> np.ndarray:
-    pixels = np.flatnonzero(membership[:, cell])
-    out = np.empty(len(pixels), dtype=RECORDS[kind])
-    out["image"] = image
-    out["pixel"] = pixels
-    out[kind] = values[pixels]
-    return out
+_ASSEMBLY = {
+    "rgb": np.dtype({"names": ["image", "pixel", "rgb"], "formats": ["<u4", "<u4", "V3"], "offsets": [0, 4, 8], "itemsize": 11}),
+    "depth": RECORDS["depth"],
+}
+"""The record layouts of format.py, with the RGB triple as one raw 3-byte field: filling it from the
+image's (P, 3) bytes viewed as (P,) ``V3`` items took ~1/3 of the time of the (3,) uint8 sub-array."""
+
+
+def _image_records(kind: str, image: int, values: np.ndarray) -> np.ndarray:
+    """The records of every pixel of one image, as raw fixed-size items (``V11`` / ``V12``): each cell's
+    records are then one `numpy.take` of its pixels, and raw items copy faster than structured ones."""
+    records = np.empty(len(values), dtype=_ASSEMBLY[kind])
+    records["image"] = image
+    records["pixel"] = np.arange(len(values), dtype=np.uint32)
+    if kind == "rgb":
+        records["rgb"] = np.ascontiguousarray(values, dtype=np.uint8).view("V3").reshape(-1)
+    else:
+        records[kind] = values
+    assert records.dtype.itemsize == RECORDS[kind].itemsize
+    return records.view(f"V{RECORDS[kind].itemsize}")
+
+
+def _deal(
+    kind: str,
+    image: int,
+    membership: np.ndarray,
+    values: np.ndarray,
+    buffers: List[List[List[np.ndarray]]],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Deals an image's records to the chunks of their cells (``buffers[cell][chunk]``, pieces appended):
+    each cell's records of the image are spread at random and evenly over all of its chunks
+    (`_stratified_order`), so every chunk holds a random share of every image. Returns the number of
+    records of each cell."""
+    everything = _image_records(kind, image, values)
+    counts = np.zeros(len(buffers), dtype=np.int64)
+    for cell, chunks in enumerate(buffers):
+        pixels = np.flatnonzero(membership[cell])
+        counts[cell] = len(pixels)
+        if not len(pixels):
+            continue
+        if len(chunks) == 1:
+            chunks[0].append(np.take(everything, pixels))
+            continue
+        order, sizes = _stratified_order(len(pixels), len(chunks), rng)
+        dealt = np.take(everything, np.take(pixels, order))  # (chunks, blocks) records
+        for pieces, row, size in zip(chunks, dealt, sizes.tolist()):
+            if size:
+                pieces.append(row[:size])
+    return counts
+
+
+def _stratified_order(count: int, chunks: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """A random, even dealing of ``count`` records over ``chunks`` chunks: (order, sizes), ``order`` of
+    shape (chunks, blocks): chunk ``c`` gets records ``order[c, :sizes[c]]`` (the rest of the row is
+    padding, a valid index).
+
+    Every block of ``chunks`` consecutive records gives each chunk exactly one of its records, chosen at
+    random: block ``b`` is rotated by a random offset ``r_b``, chunk ``c`` gets its record
+    ``(c - r_b) mod chunks``. So chunk sizes differ by at most one record per dealing (like an even split
+    of a permutation), for ``count / chunks`` random numbers and one gather instead of a full permutation
+    (several times cheaper here). Order inside a chunk does not matter: training permutes every chunk
+    when it reads it (`reader.CellRays`).
+    """
+    assert count < 2**31 - 2 * chunks, "more than 2^31 records of one cell in one image"
+    blocks = -(-count // chunks)
+    rotation = rng.integers(0, chunks, blocks, dtype=np.int32)
+    order = np.arange(chunks, dtype=np.int32)[:, None] - rotation[None, :]  # (chunks, blocks): c - r_b
+    # (c - r_b) mod chunks: add chunks where negative; (x >> 31) is -1 (all bits) for a negative int32, 0
+    # otherwise (a boolean-mask update took ~3x as long here).
+    order += np.right_shift(order, 31) & chunks
+    order += np.arange(0, blocks * chunks, chunks, dtype=np.int32)[None, :]
+    # Only the last block can be partial: its missing records are the last entry of some rows.
+    missing = order[:, -1] >= count
+    order[missing, -1] = 0
+    return order, blocks - missing.astype(np.int64)
+
+
+def _in_order(function: Callable[[int], Any], indices: range, ahead: int) -> Iterator[Any]:
+    """``function(i)`` for each index, in order, computed up to ``ahead`` indices in advance in a background
+    thread (0: in the caller's thread). Exceptions surface when their index is reached."""
+    if ahead <= 0:
+        for index in indices:
+            yield function(index)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-images")
+    pending: Deque[Future] = deque()
+    upcoming = iter(indices)
+    try:
+        for index in itertools.islice(upcoming, ahead):
+            pending.append(pool.submit(function, index))
+        while pending:
+            result = pending.popleft().result()
+            for index in itertools.islice(upcoming, 1):
+                pending.append(pool.submit(function, index))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Journal:
@@ -102,26 +200,32 @@ class _Journal:
                     stream.truncate(self.lengths[name])
         return True
 
-    def record(self, next_image: int) -> None:
-        self.next_image = next_image
-        self.flushes += 1
-        for chunk in self.folder.glob("cell_*/chunk_*.bin"):
-            self.lengths[chunk.relative_to(self.folder).as_posix()] = chunk.stat().st_size
-        counts_tmp = self.folder / f".progress_{IMAGE_COUNTS}"
-        with open(counts_tmp, "wb") as stream:
-            np.save(stream, self.counts)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(counts_tmp, self.folder / f"progress_{IMAGE_COUNTS}")
-        write_json_atomic(
-            self.folder / PROGRESS,
-            {
-                "next_image": next_image,
-                "lengths": self.lengths,
-                "flushes": self.flushes,
-                "chunks_per_cell": self.layout.chunks_per_cell,
-            },
-        )
+    def state(self) -> Dict[str, Any]:
+        """A copy of what the journal will say once the data written so far is on disk (`_persist`)."""
+        return {
+            "next_image": self.next_image,
+            "lengths": dict(self.lengths),
+            "flushes": self.flushes,
+            "chunks_per_cell": self.layout.chunks_per_cell,
+            "counts": self.counts.copy(),
+        }
+
+
+def _persist(folder: Path, writes: List[Tuple[Path, List[np.ndarray]]], state: Dict[str, Any]) -> None:
+    """Appends the pieces to their chunk files, makes them durable, then records ``state`` in the journal."""
+    for path, pieces in writes:
+        with open(path, "ab") as stream:
+            stream.writelines(piece.data for piece in pieces)  # contiguous pieces: no copy
+    # One sync for all chunk files (thousands on a large capture) before the journal says they are
+    # this long; a kill before the journal is rewritten truncates them back on resume.
+    os.sync()
+    counts_tmp = folder / f".progress_{IMAGE_COUNTS}"
+    with open(counts_tmp, "wb") as stream:
+        np.save(stream, state["counts"])
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(counts_tmp, folder / f"progress_{IMAGE_COUNTS}")
+    write_json_atomic(folder / PROGRESS, {key: value for key, value in state.items() if key != "counts"})
 
 
 def write_shard_set(
@@ -133,29 +237,36 @@ def write_shard_set(
     description: str,
     extra: Optional[Dict[str, Any]] = None,
     stop_after_flushes: Optional[int] = None,
+    ahead: int = 2,
 ) -> Path:
     """Writes the shard set ``target`` (a folder named ``<kind>-<key>``) unless it is already complete.
 
     Args:
-        image_pixels: image index -> (membership, values) of that image.
+        image_pixels: image index -> (membership, values) of that image (`ImagePixels`).
+        ahead: images whose ``image_pixels`` run in a background thread while the records of the
+            current one are dealt and flushed (0: none; memory: that many images' pixels).
         seed: seed of the shuffle (part of what makes the set reproducible).
         extra: recorded in the manifest (e.g. the partition it was cut with).
         stop_after_flushes: for tests of resumption: raise after that many flushes, like a kill would.
     """
     target = Path(target)
-    if (target / MANIFEST).is_file():
+    if is_complete(target):
         return target
     staging = target.with_name(target.name + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
-    with open(staging.with_name(staging.name + ".lock"), "w") as lock:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = staging.with_name(staging.name + ".lock")
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second writer of the same set waits, then finds it complete
-        if (target / MANIFEST).is_file():
-            return target
-        staging.mkdir(parents=True, exist_ok=True)
-        return _write(target, staging, kind, layout, image_pixels, seed, description, extra, stop_after_flushes)
+        if not is_complete(target):
+            staging.mkdir(parents=True, exist_ok=True)
+            _write(target, staging, kind, layout, image_pixels, seed, description, extra, stop_after_flushes, ahead)
+        # Once the set is complete nobody writes it again: the lock file can go (a waiting writer holds
+        # the old file open, finds the set complete and returns).
+        lock_path.unlink(missing_ok=True)
+    return target
 
 
-def _write(target, staging, kind, layout, image_pixels, seed, description, extra, stop_after_flushes) -> Path:
+def _write(target, staging, kind, layout, image_pixels, seed, description, extra, stop_after_flushes, ahead) -> Path:
     journal = _Journal(staging, layout)
     if journal.restore():
         CONSOLE.print(f"Resuming {description} at image {journal.next_image} of {layout.num_images} ({staging})")
@@ -165,49 +276,55 @@ def _write(target, staging, kind, layout, image_pixels, seed, description, extra
     for cell in range(layout.num_cells):
         cell_folder(staging, cell).mkdir(exist_ok=True)
 
-    buffers: List[List[np.ndarray]] = [[] for _ in range(layout.num_cells)]
+    buffers: List[List[List[np.ndarray]]] = [[[] for _ in range(layout.chunks_per_cell)] for _ in range(layout.num_cells)]
     buffered = 0
     started = time.perf_counter()
     pixels_done = 0
 
+    # Flushes are written by a background thread (file writes and the sync wait on the disk, not the
+    # CPU), one at a time: the buffer being written plus the one being filled, at most.
+    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-io")
+    in_flight: List[Future] = []
+
     def flush(next_image: int) -> None:
         nonlocal buffered
-        rng = np.random.default_rng([seed, journal.flushes])
-        for cell, parts in enumerate(buffers):
-            if not parts:
-                continue
-            records = np.concatenate(parts)
-            records = records[rng.permutation(len(records))]
-            for chunk, piece in enumerate(np.array_split(records, layout.chunks_per_cell)):
-                if len(piece):
-                    with open(chunk_path(staging, cell, chunk), "ab") as stream:
-                        stream.write(piece.tobytes())
-            parts.clear()
+        writes = []
+        for cell, chunks in enumerate(buffers):
+            for chunk, pieces in enumerate(chunks):
+                if pieces:
+                    path = chunk_path(staging, cell, chunk)
+                    name = path.relative_to(staging).as_posix()
+                    journal.lengths[name] = journal.lengths.get(name, 0) + sum(piece.nbytes for piece in pieces)
+                    writes.append((path, pieces))
+                    chunks[chunk] = []
         buffered = 0
-        # One sync for all chunk files (thousands on a large capture) before the journal says they are
-        # this long; a kill before the journal is rewritten truncates them back on resume.
-        os.sync()
-        journal.record(next_image)
+        journal.next_image, journal.flushes = next_image, journal.flushes + 1
+        state = journal.state()
+        while in_flight:
+            in_flight.pop().result()
+        in_flight.append(io.submit(_persist, staging, writes, state))
         if stop_after_flushes is not None and journal.flushes >= stop_after_flushes:
+            in_flight.pop().result()
             raise KeyboardInterrupt(f"stopped after {journal.flushes} flushes (test)")
 
     columns = (TextColumn(f"[bold blue]{description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns) as progress:
+    with io, Progress(*columns) as progress:
         task = progress.add_task(description, total=layout.num_images, completed=journal.next_image)
-        for image in range(journal.next_image, layout.num_images):
-            membership, values = image_pixels(image)
-            pixels_done += len(membership)
-            for cell in range(layout.num_cells):
-                records = _records(kind, image, membership, values, cell)
-                journal.counts[image, cell] = len(records)
-                if len(records):
-                    buffers[cell].append(records)
-                    buffered += len(records)
-            if buffered >= layout.shuffle_buffer_records:
-                flush(image + 1)
-            progress.advance(task)
+        images = range(journal.next_image, layout.num_images)
+        with contextlib.closing(_in_order(image_pixels, images, ahead)) as prepared:
+            for image, (membership, values) in zip(images, prepared):
+                assert membership.shape[0] == layout.num_cells, (membership.shape, layout.num_cells)
+                pixels_done += membership.shape[1]
+                counts = _deal(kind, image, membership, values, buffers, np.random.default_rng([seed, image]))
+                journal.counts[image] = counts
+                buffered += int(counts.sum())
+                if buffered >= layout.shuffle_buffer_records:
+                    flush(image + 1)
+                progress.advance(task)
         if buffered or journal.flushes == 0:
             flush(layout.num_images)
+        while in_flight:
+            in_flight.pop().result()
 
     seconds = time.perf_counter() - started
     counts = journal.counts

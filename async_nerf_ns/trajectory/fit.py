@@ -10,7 +10,7 @@ from jaxtyping import Float
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
-from async_nerf_ns.trajectory.baselines import prepare_trajectory
+from async_nerf_ns.trajectory.timed_poses import prepare_trajectory
 from async_nerf_ns.trajectory.rotations import (
     matrix_to_axis_angle,
     squared_chordal_distance,

@@ -106,3 +106,29 @@ def _plot_errors(axis, depth: Sequence[DepthStream], t0: float) -> None:
     axis.set_ylabel("translation error (m)")
     axis.set_title("depth frames: error vs true pose")
     axis.legend(fontsize=7, loc="best")
+
+
+def plot_offset_search(path: Path, estimates, title: str = "depth clock offset") -> None:
+    """Writes a PNG: per depth track, the estimator's cost against the offset (ms), with the estimate and
+    its uncertainty, the given offset and the one applied (``estimates``: TimeOffsetEstimate)."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for estimate in estimates:
+        if not estimate.curve_costs:
+            continue
+        offsets = np.array(estimate.curve_offsets_s) * 1000
+        line = axis.plot(offsets, estimate.curve_costs, ".-", ms=3, lw=1.0, label=f"{estimate.track}: {estimate.status}")[0]
+        if estimate.estimate_s is not None:
+            centre, spread = estimate.estimate_s * 1000, 3 * (estimate.std_s or 0.0) * 1000
+            axis.axvspan(centre - spread, centre + spread, color=line.get_color(), alpha=0.2)
+            axis.axvline(centre, color=line.get_color(), lw=1.0,
+                         label=f"{estimate.track}: estimate {centre:+.1f} ms (+-3 std shaded)")
+        axis.axvline(estimate.given_s * 1000, color=line.get_color(), ls=":", lw=1.0,
+                     label=f"{estimate.track}: given {estimate.given_s * 1000:+.1f} ms, applied {estimate.applied_s * 1000:+.1f} ms")
+    axis.set_xlabel("clock offset added to the depth stamps (ms)")
+    axis.set_ylabel("mean truncated relative depth disagreement")
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

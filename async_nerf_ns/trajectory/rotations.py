@@ -66,25 +66,6 @@ def matrix_to_axis_angle(rotation: Float[Tensor, "*bs 3 3"]) -> Float[Tensor, "*
     return skew * (angle / sin_times_2).unsqueeze(-1)
 
 
-def quaternion_to_matrix(quaternion_xyzw: Float[Tensor, "*bs 4"]) -> Float[Tensor, "*bs 3 3"]:
-    """Unit quaternion (x, y, z, w: scipy's order) to a rotation matrix; the input is normalised."""
-    x, y, z, w = torch.nn.functional.normalize(quaternion_xyzw, dim=-1).unbind(-1)
-    rows = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ]
-    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
-
-
-def geodesic_angle(
-    rotation_a: Float[Tensor, "*bs 3 3"], rotation_b: Float[Tensor, "*bs 3 3"]
-) -> Float[Tensor, "*bs"]:
-    """Angle in radians of the relative rotation a^T b: the geodesic distance on SO(3)."""
-    relative = rotation_a.transpose(-1, -2) @ rotation_b
-    return matrix_to_axis_angle(relative).norm(dim=-1)
-
-
 def squared_geodesic_angle(
     rotation_a: Float[Tensor, "*bs 3 3"], rotation_b: Float[Tensor, "*bs 3 3"]
 ) -> Float[Tensor, "*bs"]:

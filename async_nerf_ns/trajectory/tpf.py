@@ -223,26 +223,32 @@ class FittedTPF(nn.Module):
         velocity (translation) and angular velocity (rotation), as the classical baselines do.
         """
         device = self.position_centre.device
-        normalised = torch.as_tensor(self.normalise_time(timestamps), dtype=torch.float32, device=device)
-        rotation, translation = self.network(normalised.clamp(0.0, 1.0))
-        rotation, translation = self._extrapolate(normalised, rotation, translation)
-        translation = translation.double() * self.position_scale + self.position_centre
-        return torch.cat([rotation, translation.float().unsqueeze(-1)], dim=-1)
+        return self.poses_at(torch.as_tensor(self.normalise_time(timestamps), dtype=torch.float32, device=device))
+
+    def poses_at(self, normalised: Float[Tensor, "m"]) -> Float[Tensor, "m 3 4"]:
+        """`poses` at normalised times (a float32 tensor on the TPF's device): no host round trip.
+
+        Always float32, autocast off: poses are ray geometry (training under mixed precision calls
+        this through the depth rays' corrections).
+        """
+        with torch.autocast(device_type=normalised.device.type, enabled=False):
+            normalised = normalised.float()
+            rotation, translation = self.network(normalised.clamp(0.0, 1.0))
+            rotation, translation = self._extrapolate(normalised, rotation, translation)
+            translation = translation.double() * self.position_scale + self.position_centre
+            return torch.cat([rotation, translation.float().unsqueeze(-1)], dim=-1)
 
     def _extrapolate(self, normalised: Tensor, rotation: Tensor, translation: Tensor) -> Tuple[Tensor, Tensor]:
-        before, after = normalised < 0.0, normalised > 1.0
-        if not (before.any() or after.any()):
-            return rotation, translation
-        rotation, translation = rotation.clone(), translation.clone()
+        """Constant-velocity continuation outside [0, 1], selected with torch.where (no host sync)."""
         steps = self.end_steps.to(torch.float32)
         ends = torch.stack([steps.new_tensor(0.0), steps.new_tensor(1.0), steps[0], 1.0 - steps[1]])
         end_rotation, end_translation = self.network(ends)
-        for outside, end, inner, step in ((before, 0, 2, steps[0]), (after, 1, 3, steps[1])):
-            if not outside.any():
-                continue
+        for outside, end, inner, step in ((normalised < 0.0, 0, 2, steps[0]), (normalised > 1.0, 1, 3, steps[1])):
             # Number of end intervals beyond the end, and the motion over one interval.
-            count = ((normalised[outside] - ends[end]).abs() / step).unsqueeze(-1)
-            translation[outside] = end_translation[end] + count * (end_translation[end] - end_translation[inner])
+            count = ((normalised - ends[end]).abs() / step).unsqueeze(-1)
+            moved = end_translation[end] + count * (end_translation[end] - end_translation[inner])
             step_rotation = matrix_to_axis_angle(end_rotation[inner].transpose(-1, -2) @ end_rotation[end])
-            rotation[outside] = end_rotation[end] @ axis_angle_to_matrix(count * step_rotation)
+            turned = end_rotation[end] @ axis_angle_to_matrix(count * step_rotation)
+            translation = torch.where(outside[:, None], moved, translation)
+            rotation = torch.where(outside[:, None, None], turned, rotation)
         return rotation, translation

@@ -1,0 +1,677 @@
+"""`convert_bag`: a ROS 1 or ROS 2 bag into the dataset layout, in one streaming pass.
+
+The bag is read with rosbags (pure Python, no ROS install), message by message, only the topics the
+conversion uses: each RGB and depth frame is checked and written into the resumable folder
+`.OUT.KEY.partial/` beside OUT as it comes (PNG encoding on writer threads, at most two frames per
+thread in flight, so memory does not grow with the bag's bytes); camera infos, pose messages and /tf
+transforms are kept (small). After the pass the RGB frames get their poses from the chosen source
+(a pose topic, a TF chain, or a TUM / COLMAP / transforms.json file) at their stamps, frames without
+a pose are left out, depth tracks are put on the RGB clock (--depth-time-offset), and the common
+writer (`writer.write_dataset`) links the frames into the split folders of a staging folder and
+writes the metadata; the result is validated and moved to OUT only when complete
+(`writer.publish`). A journal in the resumable folder lists the frames finished; an interrupted
+conversion leaves the folder and the same command goes on from it.
+
+Stamps are the messages' header stamps (the sensor's capture time) unless --stamp receive asks for
+the bag's receive time; depth frames keep their own stamps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from async_nerf_ns.convert.bag_messages import (
+    CAMERA_INFO,
+    IMAGE_TYPES,
+    POSE_TYPES,
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+    TF_TYPES,
+    CameraIntrinsics,
+    MessageError,
+    camera_info,
+    depth_payload,
+    pose_matrix,
+    rgb_payload,
+    stamp_ns,
+    stem_of,
+    tf_transforms,
+    topic_list,
+)
+from async_nerf_ns.convert.config import BagConfig, FramesConfig
+from async_nerf_ns.convert.convert import check_rgb_count, check_val_every
+from async_nerf_ns.convert.errors import RawDataError
+from async_nerf_ns.convert.frame_poses import (
+    ConvertWarning,
+    PoseCoverage,
+    TimedPoses,
+    camera_poses,
+    poses_for_frames,
+    select_frames,
+)
+from async_nerf_ns.convert.output_folder import OutputFolderError, discard, files_to_replace, staging_folder
+from async_nerf_ns.convert.poses import raw_c2w_to_drb
+from async_nerf_ns.convert.tf_chain import TfError, TfTree
+from async_nerf_ns.convert.trajectory_files import read_pose_file
+from async_nerf_ns.convert.writer import TOOL_NAME, ConversionSummary, OutFrame, OutStream, publish, summary_record, write_dataset
+from async_nerf_ns.files.keys import content_key, file_identity
+from async_nerf_ns.layout import RGB_POSE_GT_TRACK, LayoutError
+
+RESUMABLE_SUFFIX = ".partial"
+"""Frames are written into `.OUT.KEY.partial/` beside OUT (KEY: the bag's files and the options that decide
+the frame files); an interrupted conversion leaves it there and the same command resumes from it."""
+JOURNAL_FILE = "journal.jsonl"
+MAX_DEFAULT_WORKERS = 8
+"""--workers 0 means one writer thread per CPU core, up to this many."""
+DISTORTION_TOLERANCE = 1e-6
+"""CameraInfo distortion coefficients below this are taken as zero (no warning)."""
+
+
+@dataclass
+class _Stream:
+    """One image topic being written: the RGB camera or a depth track."""
+
+    name: str
+    topic: str
+    msgtype: str
+    count: int
+    """Messages on the topic (from the bag's index)."""
+    folder: Path
+    frames: Dict[int, Path] = field(default_factory=dict)
+    """stamp ns -> the frame's file in the resumable folder."""
+    size: Optional[Tuple[int, int]] = None
+    encoding: Optional[str] = None
+    last: int = -1
+    backwards: int = 0
+    repeated: int = 0
+    resumed: int = 0
+    """Frames an interrupted run had written (not written again)."""
+
+    def accept(self, stamp: int) -> bool:
+        """Counts out-of-order and repeated stamps; False for a repeat (the first frame is kept)."""
+        if stamp in self.frames:
+            self.repeated += 1
+            return False
+        if stamp < self.last:
+            self.backwards += 1
+        self.last = max(self.last, stamp)
+        return True
+
+    def check_size(self, size: Tuple[int, int], bag: Path, stamp: int) -> None:
+        if self.size is None:
+            self.size = size
+        elif size != self.size:
+            raise RawDataError(bag, f"topic {self.topic}: the frame at {stem_of(stamp)} s is {size[0]}x{size[1]} "
+                               f"pixels but earlier ones are {self.size[0]}x{self.size[1]}; one set of intrinsics "
+                               "needs one size per stream")
+
+
+def _open_bag(path: Path):
+    try:
+        import rosbags.image  # noqa: F401  (decodes the images; needs OpenCV, which nerfstudio brings)
+        from rosbags.highlevel import AnyReader
+        from rosbags.typesys import Stores, get_typestore
+    except ImportError as error:
+        raise RawDataError(path, f"reading bags needs rosbags and rosbags-image ({error}): "
+                           "pip install 'async-nerf-ns[capture]'") from error
+
+    if not path.exists():
+        raise RawDataError(path, "bag does not exist (a ROS 1 .bag file or a ROS 2 bag folder)")
+    try:
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
+        reader.open()
+    except Exception as error:  # rosbags raises its own error types per format; all mean "not a readable bag"
+        raise RawDataError(path, f"cannot be read as a ROS 1 or ROS 2 bag ({type(error).__name__}: {error})") from error
+    return reader
+
+
+def _info_topic(image_topic: str) -> str:
+    """camera_info beside an image topic: /a/b/image_raw[/compressed|/compressedDepth] -> /a/b/camera_info."""
+    parts = image_topic.rstrip("/").split("/")
+    if parts[-1] in ("compressed", "compressedDepth", "theora"):
+        parts = parts[:-1]
+    return "/".join(parts[:-1] + ["camera_info"])
+
+
+def _check_track_names(config: BagConfig, bag: Path) -> None:
+    for track in config.depth_topic:
+        if not track or "/" in track or track.startswith("."):
+            raise RawDataError(bag, f"--depth-topic: '{track}' is not a track name (a folder name, e.g. lidar)")
+        if track == RGB_POSE_GT_TRACK:
+            raise RawDataError(bag, f"--depth-topic: track name '{track}' is reserved for the RGB camera")
+    for flag, names in (("--depth-intrinsics", config.depth_intrinsics), ("--depth-scale", config.depth_scale),
+                        ("--depth-time-offset", config.depth_time_offset), ("--depth-info-topic", config.depth_info_topic)):
+        for track in names:
+            if track not in config.depth_topic:
+                raise RawDataError(bag, f"{flag} names track '{track}', but --depth-topic has no such track "
+                                   f"(tracks: {', '.join(config.depth_topic) or 'none'})")
+    for track, seconds in config.depth_time_offset.items():
+        if not math.isfinite(seconds):
+            raise RawDataError(bag, f"--depth-time-offset {track} must be a finite number of seconds")
+
+
+def _pose_source(config: BagConfig) -> str:
+    given = [flag for flag, value in (("--pose-topic", config.pose_topic), ("--tf", config.tf), ("--tum", config.tum),
+                                      ("--colmap", config.colmap), ("--transforms", config.transforms))
+             if value is not None]
+    if len(given) != 1:
+        raise ValueError("give one RGB pose source: --pose-topic, --tf, --tum, --colmap or --transforms"
+                         + (f" (not {' and '.join(given)})" if given else ""))
+    return given[0]
+
+
+def _check_topic(topics: Dict[str, Any], topic: str, types: Tuple[str, ...], flag: str, bag: Path) -> None:
+    listing = [(name, info.msgtype) for name, info in topics.items()]
+    if topic not in topics:
+        raise RawDataError(bag, f"{flag}: no topic {topic} in this bag; topics of type "
+                           f"{'/'.join(t.split('/')[-1] for t in types)}: {topic_list(listing, types)}")
+    if topics[topic].msgtype not in types:
+        raise RawDataError(bag, f"{flag}: topic {topic} is {topics[topic].msgtype}, expected "
+                           f"{' or '.join(types)}")
+    if not topics[topic].msgcount:
+        raise RawDataError(bag, f"{flag}: topic {topic} has no messages")
+
+
+@dataclass
+class _Plan:
+    """Which topic plays which part."""
+
+    rgb: _Stream
+    depth: Dict[str, _Stream]
+    info_topics: Dict[str, str]
+    """stream name -> CameraInfo topic, for the streams whose intrinsics come from the bag."""
+    pose_topic: Optional[str] = None
+    tf_topics: Tuple[str, ...] = ()
+
+
+def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) -> _Plan:
+    _check_track_names(config, bag)
+    source = _pose_source(config)
+    _check_topic(topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
+    rgb = _Stream("rgb", config.rgb_topic, topics[config.rgb_topic].msgtype, topics[config.rgb_topic].msgcount,
+                  frames / "rgb")
+    depth = {}
+    for track, topic in config.depth_topic.items():
+        _check_topic(topics, topic, IMAGE_TYPES, f"--depth-topic {track}", bag)
+        depth[track] = _Stream(track, topic, topics[topic].msgtype, topics[topic].msgcount, frames / f"depth_{track}")
+    info_topics = {}
+    for stream in [rgb, *depth.values()]:
+        is_rgb = stream is rgb
+        if (config.rgb_intrinsics if is_rgb else config.depth_intrinsics.get(stream.name)) is not None:
+            continue
+        given = config.rgb_info_topic if is_rgb else config.depth_info_topic.get(stream.name)
+        topic = given or _info_topic(stream.topic)
+        flag = "--rgb-info-topic" if is_rgb else f"--depth-info-topic {stream.name}"
+        if given is None and topic not in topics:
+            listing = topic_list([(name, info.msgtype) for name, info in topics.items()], (CAMERA_INFO,))
+            raise RawDataError(bag, f"no intrinsics for {stream.topic}: no CameraInfo topic {topic} beside it; give "
+                               f"{flag} TOPIC (CameraInfo topics: {listing}) or "
+                               f"{'--rgb-intrinsics' if is_rgb else '--depth-intrinsics ' + stream.name} fx fy cx cy")
+        _check_topic(topics, topic, (CAMERA_INFO,), flag, bag)
+        info_topics[stream.name] = topic
+    plan = _Plan(rgb=rgb, depth=depth, info_topics=info_topics)
+    if source == "--pose-topic":
+        _check_topic(topics, config.pose_topic, POSE_TYPES, "--pose-topic", bag)
+        plan.pose_topic = config.pose_topic
+    elif source == "--tf":
+        plan.tf_topics = tuple(topic for topic in (TF_TOPIC, TF_STATIC_TOPIC) if topic in topics)
+        if not plan.tf_topics:
+            raise RawDataError(bag, f"--tf: the bag has neither {TF_TOPIC} nor {TF_STATIC_TOPIC}")
+        for topic in plan.tf_topics:
+            _check_topic(topics, topic, TF_TYPES, "--tf", bag)
+    return plan
+
+
+@dataclass
+class _Collected:
+    """What the pass keeps besides the frames it writes."""
+
+    infos: Dict[str, CameraIntrinsics] = field(default_factory=dict)
+    pose_times: List[int] = field(default_factory=list)
+    pose_matrices: List[np.ndarray] = field(default_factory=list)
+    tf: TfTree = field(default_factory=TfTree)
+
+
+def _imwrite(path: Path, pixels: np.ndarray, png_compression: int) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), pixels, [cv2.IMWRITE_PNG_COMPRESSION, png_compression]):
+        raise OSError(f"cannot write {path}")
+
+
+def _write_rgb(stream: _Stream, message: Any, stamp: int, bag: Path, png_compression: int) -> Optional[Callable[[], None]]:
+    """Checks the frame and registers its file; returns the work that writes it (None: written already)."""
+    payload = rgb_payload(message, stream.msgtype)
+    stream.check_size(payload.size, bag, stamp)
+    path = stream.folder / (stem_of(stamp) + payload.suffix)
+    stream.frames[stamp] = path
+    if payload.encoded is not None:  # JPEG/PNG: the message's bytes are the file
+        path.write_bytes(payload.encoded)
+        return None
+    decode = payload.decode
+    assert decode is not None
+    return lambda: _imwrite(path, decode(), png_compression)
+
+
+def _write_depth(stream: _Stream, message: Any, stamp: int, bag: Path, png_compression: int) -> Optional[Callable[[], None]]:
+    payload = depth_payload(message, stream.msgtype)
+    stream.check_size(payload.size, bag, stamp)
+    if stream.encoding is None:
+        stream.encoding = payload.encoding
+    elif payload.encoding != stream.encoding:
+        raise MessageError(f"depth encoding changes from {stream.encoding} to {payload.encoding}")
+    stem = stem_of(stamp)
+    if payload.png is not None:
+        path = stream.folder / (stem + ".png")
+        path.write_bytes(payload.png)
+        stream.frames[stamp] = path
+        return None
+    array = payload.array
+    assert array is not None
+    if payload.encoding == "16UC1":  # millimetres: the layout's 16-bit PNG convention
+        path = stream.folder / (stem + ".png")
+        stream.frames[stamp] = path
+        return lambda: _imwrite(path, array, png_compression)
+    path = stream.folder / (stem + ".npy")  # float32 metres (non-finite = no measurement, as in the layout)
+    stream.frames[stamp] = path
+    np.save(path, array)
+    return None
+
+
+class _Writers:
+    """Frame encodings run on `workers` threads (OpenCV's encoders release the GIL), at most 2 per thread
+    in flight, so memory holds a bounded number of frames; the first failure is raised in the main thread."""
+
+    def __init__(self, workers: int, bag: Path):
+        self.workers, self.bag = workers, bag
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="async-nerf-convert") if workers > 1 else None
+        self.pending: Deque[Tuple[Future, str]] = deque()
+
+    def submit(self, work: Callable[[], None], where: str, done: Callable[[], None]) -> None:
+        """Runs `work`, then `done` (the journal entry: only a finished file is resumable)."""
+        if self.pool is None:
+            self._run(work, where, done)
+            return
+        self.pending.append((self.pool.submit(self._run, work, where, done), where))
+        while len(self.pending) > 2 * self.workers:
+            self.pending.popleft()[0].result()
+
+    def _run(self, work: Callable[[], None], where: str, done: Callable[[], None]) -> None:
+        try:
+            work()
+        except MessageError as error:  # e.g. a colour conversion rosbags-image does not have
+            raise RawDataError(self.bag, f"{where}: {error}; nothing was written") from error
+        done()
+
+    def finish(self) -> None:
+        while self.pending:
+            self.pending.popleft()[0].result()
+
+    def close(self) -> None:
+        """Waits for (or cancels) every write, so nothing writes into the staging folder after this."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def worker_count(requested: int) -> int:
+    return requested if requested > 0 else max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+class _Journal:
+    """The frames a conversion has finished writing into its resumable folder, one JSON line each; a
+    rerun with the same bag and options skips them. A file without its line (cut off mid-write) is
+    written again."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / JOURNAL_FILE
+        self.lock = threading.Lock()
+        self.done: Dict[Tuple[str, int], Dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    key = (str(entry["stream"]), int(entry["stamp"]))
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut off by the interruption
+                if (folder / entry["stream_folder"] / entry["file"]).is_file():
+                    self.done[key] = entry
+        self.file = self.path.open("a")
+
+    def add(self, stream: _Stream, stamp: int) -> None:
+        assert stream.size is not None
+        entry = {"stream": stream.name, "stamp": stamp, "stream_folder": stream.folder.name,
+                 "file": stream.frames[stamp].name, "size": list(stream.size), "encoding": stream.encoding}
+        with self.lock:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
+
+    def restore(self, stream: _Stream, stamp: int, bag: Path) -> bool:
+        """Registers a frame an earlier run wrote; False if there is none."""
+        entry = self.done.get((stream.name, stamp))
+        if entry is None:
+            return False
+        stream.check_size(tuple(entry["size"]), bag, stamp)
+        if stream.encoding is None:
+            stream.encoding = entry["encoding"]
+        stream.frames[stamp] = stream.folder / entry["file"]
+        stream.resumed += 1
+        return True
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _progress(total: int, show: bool):
+    if not show:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("Reading bag"), BarColumn(), MofNCompleteColumn(), TextColumn("messages"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+    progress.start()
+    task = progress.add_task("bag", total=total)
+    return lambda: progress.advance(task), progress.stop
+
+
+def _read_pass(
+    reader, plan: _Plan, config: BagConfig, bag: Path, show_progress: bool, journal: _Journal
+) -> _Collected:
+    """The one pass over the bag: frames written as they come (or found in the journal), small things kept."""
+    collected = _Collected()
+    streams = {plan.rgb.topic: plan.rgb, **{s.topic: s for s in plan.depth.values()}}
+    for stream in streams.values():
+        stream.folder.mkdir(parents=True, exist_ok=True)
+    info_by_topic = {topic: name for name, topic in plan.info_topics.items()}
+    wanted = set(streams) | set(info_by_topic) | set(plan.tf_topics) | ({plan.pose_topic} if plan.pose_topic else set())
+    connections = [c for c in reader.connections if c.topic in wanted]
+    seen: Dict[str, int] = {}
+    advance, stop = _progress(sum(c.msgcount for c in connections), show_progress) or (None, None)
+    writers = _Writers(worker_count(config.workers), bag)
+    try:
+        for connection, receive_ns, rawdata in reader.messages(connections=connections):
+            topic = connection.topic
+            seen[topic] = seen.get(topic, 0) + 1
+            where = f"topic {topic} ({connection.msgcount} messages), message {seen[topic]}"
+            if advance is not None:
+                advance()
+            if topic in info_by_topic and info_by_topic[topic] in collected.infos and topic not in streams:
+                continue  # one CameraInfo per camera is enough
+            try:
+                message = reader.deserialize(rawdata, connection.msgtype)
+                if topic in plan.tf_topics:
+                    for parent, child, stamp, pose in tf_transforms(message):
+                        stamp = receive_ns if config.stamp == "receive" else stamp
+                        collected.tf.add(parent, child, stamp * 1e-9, pose, static=topic == TF_STATIC_TOPIC)
+                    continue
+                if topic in info_by_topic and info_by_topic[topic] not in collected.infos:
+                    collected.infos[info_by_topic[topic]] = camera_info(message)
+                if topic == plan.pose_topic:
+                    stamp = receive_ns if config.stamp == "receive" else stamp_ns(message)
+                    collected.pose_times.append(stamp)
+                    collected.pose_matrices.append(pose_matrix(message, connection.msgtype))
+                if topic in streams:
+                    stream = streams[topic]
+                    stamp = receive_ns if config.stamp == "receive" else stamp_ns(message)
+                    if stamp <= 0:
+                        raise MessageError("has header stamp 0 (its driver does not set stamps); pass --stamp receive "
+                                           "to use the bag's receive times")
+                    if stream.accept(stamp) and not journal.restore(stream, stamp, bag):
+                        write = _write_rgb if stream is plan.rgb else _write_depth
+                        work = write(stream, message, stamp, bag, config.png_compression)
+                        done = partial(journal.add, stream, stamp)
+                        if work is None:
+                            done()
+                        else:
+                            writers.submit(work, where, done)
+            except MessageError as error:
+                raise RawDataError(bag, f"{where}: {error}; nothing was written") from error
+            except TfError as error:
+                raise RawDataError(bag, f"--tf: {error}") from error
+        writers.finish()
+    finally:
+        writers.close()
+        if stop is not None:
+            stop()
+    return collected
+
+
+def _intrinsics(stream: _Stream, override, collected: _Collected, plan: _Plan, bag: Path, notes: List[str]) -> np.ndarray:
+    if override is not None:
+        values = np.asarray(override, dtype=np.float64)
+        if values.shape != (4,) or not np.isfinite(values).all() or values[0] <= 0 or values[1] <= 0:
+            raise RawDataError(bag, f"intrinsics of {stream.name} must be finite fx fy cx cy with fx, fy > 0")
+        return values
+    topic = plan.info_topics[stream.name]
+    info = collected.infos[stream.name]
+    if info.size != stream.size:
+        raise RawDataError(bag, f"CameraInfo {topic} is for {info.size[0]}x{info.size[1]} images but {stream.topic} "
+                           f"has {stream.size[0]}x{stream.size[1]}; give the intrinsics at that size with "
+                           f"{'--rgb-intrinsics' if stream.name == 'rgb' else '--depth-intrinsics ' + stream.name}")
+    if np.abs(info.distortion).max(initial=0.0) > DISTORTION_TOLERANCE:
+        message = (f"CameraInfo {topic}: {info.distortion_model} distortion {np.round(info.distortion, 6).tolist()} "
+                   "is not applied; the layout takes pinhole images (undistort them, or expect a blurrier field)")
+        warnings.warn(ConvertWarning(message), stacklevel=2)
+        notes.append(message)
+    return info.intrinsics
+
+
+def _rgb_poses(
+    config: BagConfig, plan: _Plan, collected: _Collected, times: np.ndarray, stems: List[str], bag: Path
+) -> Tuple[np.ndarray, np.ndarray, PoseCoverage]:
+    """(camera poses (M, 4, 4) in the source's axes, mask of frames with one, coverage)."""
+    where = f"{config.rgb_topic} in {bag}"
+    if plan.pose_topic is not None:
+        if not collected.pose_times:
+            raise RawDataError(bag, f"--pose-topic {plan.pose_topic} has no messages")
+        trajectory = TimedPoses.checked(f"pose topic {plan.pose_topic}", np.array(collected.pose_times) * 1e-9,
+                                        np.stack(collected.pose_matrices))
+    elif config.tf is not None:
+        try:
+            sampled, gap, span = collected.tf.poses(config.tf[0].lstrip("/"), config.tf[1].lstrip("/"), times,
+                                                    config.interpolation)
+        except TfError as error:
+            raise RawDataError(bag, f"--tf {config.tf[0]} {config.tf[1]}: {error}") from error
+        source = f"TF {config.tf[0]} -> {config.tf[1]}"
+        keep, coverage = select_frames(gap, times, span, source, config.max_pose_gap, where)
+        return camera_poses(sampled, config.camera_to_body), keep, coverage
+    else:
+        trajectory = read_pose_file(config.tum, config.colmap, config.transforms, config.pose_convention,
+                                    dict(zip(stems, times.tolist())))
+        assert trajectory is not None
+    return poses_for_frames(trajectory, times, config.interpolation, config.max_pose_gap, config.camera_to_body, where)
+
+
+def _link(source: Path, target_stem: Path) -> Path:
+    """The staged frame at its place in the dataset: a hard link (the resumable folder stays whole until the
+    dataset is in place), a copy where the file system has no links."""
+    target = target_stem.with_name(target_stem.name + source.suffix)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+def _out_stream(stream: _Stream, intrinsics: np.ndarray, offset_s: float, depth_scale: Optional[float]) -> OutStream:
+    frames = [OutFrame(stem=stem_of(stamp), time=stamp * 1e-9 + offset_s, write=partial(_link, stream.frames[stamp]))
+              for stamp in sorted(stream.frames)]
+    assert stream.size is not None
+    return OutStream(name=stream.name, size=stream.size, intrinsics=intrinsics, frames=frames, depth_scale=depth_scale)
+
+
+def _stream_notes(stream: _Stream) -> List[str]:
+    notes = []
+    if stream.backwards:
+        notes.append(f"topic {stream.topic}: {stream.backwards} of {stream.count} messages arrived with a stamp "
+                     "earlier than the one before (sorted by stamp)")
+    if stream.repeated:
+        notes.append(f"topic {stream.topic}: {stream.repeated} of {stream.count} messages repeat the stamp of an "
+                     "earlier one (kept the first)")
+    for note in notes:
+        warnings.warn(ConvertWarning(note), stacklevel=3)
+    return notes
+
+
+def _record(config: BagConfig, bag: Path, summary: ConversionSummary) -> Dict[str, Any]:
+    pose_file = config.tum or config.colmap or config.transforms
+    return {
+        "source": "bag",
+        "bag": str(bag),
+        "rgb_topic": config.rgb_topic,
+        "depth_topic": config.depth_topic,
+        "stamp": config.stamp,
+        "rgb_poses": (f"pose topic {config.pose_topic}" if config.pose_topic else
+                      f"tf {config.tf[0]} {config.tf[1]}" if config.tf else str(Path(pose_file).expanduser().resolve())),
+        "pose_convention": config.pose_convention,
+        "camera_to_body": config.camera_to_body,
+        "interpolation": config.interpolation,
+        "depth_time_offset": config.depth_time_offset,
+        "val_every": config.val_every,
+        **summary_record(summary),
+    }
+
+
+def _bag_files(bag: Path) -> List[Path]:
+    return [bag] if bag.is_file() else sorted(path for path in bag.rglob("*") if path.is_file())
+
+
+def resumable_folder(config: BagConfig, out: Path, bag: Path) -> Path:
+    """`.OUT.KEY.partial` beside OUT: KEY is the bag's files (path, size, mtime) and every option that decides
+    the frame files, so a rerun of the same command finds the frames an interrupted one wrote."""
+    options = json.dumps([config.rgb_topic, sorted(config.depth_topic.items()), config.stamp, config.png_compression])
+    key = content_key(file_identity(_bag_files(bag)), options)
+    return out.parent / f".{out.name}.{key}{RESUMABLE_SUFFIX}"
+
+
+def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSummary:
+    """Convert config.bag into config.out (streaming), validate it with read_layout, and say what was written.
+
+    Frames go into `resumable_folder` as they are read. An error in the input (or in OUT) removes it: the
+    command must change anyway. Any other end (Ctrl-C, a full disk, a killed process) leaves it, and the
+    same command then goes on from the frames it holds; a finished conversion removes it.
+    """
+    check_val_every(config.val_every)
+    if not 0 <= config.png_compression <= 9:
+        raise ValueError(f"--png-compression must be 0..9, got {config.png_compression}")
+    out = Path(config.out).expanduser().resolve()
+    bag = Path(config.bag).expanduser().resolve()
+    files_to_replace(out, config.overwrite, TOOL_NAME)  # fail before the work if OUT cannot be replaced
+    reader = _open_bag(bag)
+    frames_folder = resumable_folder(config, out, bag)
+    resuming = frames_folder.exists()
+    frames_folder.mkdir(parents=True, exist_ok=True)
+    staged = staging_folder(out)
+    try:
+        journal = _Journal(frames_folder)
+        try:
+            plan = _plan(config, bag, reader.topics, frames_folder)
+            collected = _read_pass(reader, plan, config, bag, show_progress, journal)
+        finally:
+            reader.close()
+            journal.close()
+        notes: List[str] = [f"stamps: {'header stamps' if config.stamp == 'header' else 'bag receive times'}"]
+        resumed = sum(stream.resumed for stream in [plan.rgb, *plan.depth.values()])
+        if resumed:
+            notes.append(f"resumed: {resumed} frames were written by an interrupted run ({frames_folder})")
+        for stream in [plan.rgb, *plan.depth.values()]:
+            notes += _stream_notes(stream)
+        rgb = plan.rgb
+        rgb_intrinsics = _intrinsics(rgb, config.rgb_intrinsics, collected, plan, bag, notes)
+        stamps = sorted(rgb.frames)
+        times = np.array(stamps, dtype=np.float64) * 1e-9
+        c2w, keep, coverage = _rgb_poses(config, plan, collected, times, [stem_of(s) for s in stamps], bag)
+        if not keep.any():
+            raise RawDataError(bag, f"{coverage.source} gives a pose to none of the {len(stamps)} frames of "
+                               f"{rgb.topic} (frames at {times[0]:.3f}..{times[-1]:.3f} s; --max-pose-gap "
+                               f"{config.max_pose_gap:g} s)")
+        notes.append(coverage.describe())
+        for stamp, kept in zip(stamps, keep):
+            if not kept:
+                rgb.frames.pop(stamp)
+        check_rgb_count(len(rgb.frames), config.val_every, bag)
+        rgb_poses_drb = raw_c2w_to_drb(c2w[keep, :3], config.pose_convention)
+        depth = {}
+        for track, stream in plan.depth.items():
+            offset = float(config.depth_time_offset.get(track, 0.0))
+            if offset:
+                notes.append(f"depth track {track}: {offset * 1e3:+.3f} ms added to its stamps (RGB clock)")
+            intrinsics = _intrinsics(stream, config.depth_intrinsics.get(track), collected, plan, bag, notes)
+            depth[track] = _out_stream(stream, intrinsics, offset, config.depth_scale.get(track))
+        summary = write_dataset(staged, _out_stream(rgb, rgb_intrinsics, 0.0, None), rgb_poses_drb, depth,
+                                config.val_every, show_progress, bag)
+        summary.notes = notes
+        publish(staged, out, config.overwrite, _record(config, bag, summary))
+    except (LayoutError, ValueError):  # the input, an option or OUT: the command must change anyway
+        if not resuming:  # frames an interrupted run wrote stay for the corrected command
+            discard(frames_folder)
+        raise
+    except BaseException as error:
+        error.add_note(f"async-nerf-convert: the frames written so far are kept in {frames_folder}; run the same "
+                       "command again to go on from them (or delete that folder)")
+        raise
+    finally:
+        discard(staged)
+    discard(frames_folder)
+    summary.out = out
+    return summary
+
+
+def extract_frames(config: FramesConfig, show_progress: bool = False) -> int:
+    """The RGB frames of config.bag as config.out/STAMP.{png,jpg} (moved into place when all are written);
+    returns how many."""
+    out = Path(config.out).expanduser().resolve()
+    bag = Path(config.bag).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputFolderError(out, "exists and is not an empty folder")
+    reader = _open_bag(bag)
+    staged = staging_folder(out)
+    try:
+        try:
+            _check_topic(reader.topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
+            info = reader.topics[config.rgb_topic]
+            stream = _Stream("rgb", config.rgb_topic, info.msgtype, info.msgcount, staged)
+            connections = [c for c in reader.connections if c.topic == config.rgb_topic]
+            advance, stop = _progress(info.msgcount, show_progress) or (None, None)
+            writers = _Writers(worker_count(config.workers), bag)
+            try:
+                for index, (connection, receive_ns, rawdata) in enumerate(reader.messages(connections=connections)):
+                    if advance is not None:
+                        advance()
+                    where = f"topic {config.rgb_topic} ({info.msgcount} messages), message {index + 1}"
+                    try:
+                        message = reader.deserialize(rawdata, connection.msgtype)
+                        stamp = receive_ns if config.stamp == "receive" else stamp_ns(message)
+                        if stamp <= 0:
+                            raise MessageError("has header stamp 0; pass --stamp receive")
+                        if stream.accept(stamp):
+                            work = _write_rgb(stream, message, stamp, bag, config.png_compression)
+                            if work is not None:
+                                writers.submit(work, where, lambda: None)
+                    except MessageError as error:
+                        raise RawDataError(bag, f"{where}: {error}; nothing was written") from error
+                writers.finish()
+            finally:
+                writers.close()
+                if stop is not None:
+                    stop()
+        finally:
+            reader.close()
+        _stream_notes(stream)
+        if out.exists():
+            out.rmdir()
+        staged.rename(out)
+    finally:
+        discard(staged)
+    return len(stream.frames)
