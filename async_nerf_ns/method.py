@@ -103,7 +103,7 @@ def async_nerf_small_config() -> AsyncNerfTrainerConfig:
     pipeline.datamanager.train_num_rays_per_batch = 384
     pipeline.datamanager.train_num_depth_rays_per_batch = 128
     pipeline.datamanager.eval_num_rays_per_batch = 1024
-    pipeline.datamanager.partition = PartitionConfig(grid_dim=(2, 2), samples_per_ray=64)
+    pipeline.datamanager.partition = PartitionConfig(grid_dim=(2, 2))
     pipeline.model = dataclasses.replace(
         pipeline.model,
         eval_num_rays_per_chunk=1 << 12,

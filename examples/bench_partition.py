@@ -25,7 +25,8 @@ What is measured and how to read it:
       iterations: same runs as (i). With few iterations per cell, more cells can be worse; the
       benefit of cells is capacity at a fixed per-cell size on large scenes.
 (iv)  **mask computation time per megapixel**: ``async_nerf_ns.partition.masks.compute_cluster_masks``
-      on the scene's train RGB cameras at the preset's ``samples_per_ray``, per grid, best of
+      on the scene's train RGB cameras with the preset's membership rule (``exact`` by default;
+      ``sampled`` at its ``samples_per_ray``), per grid, best of
       ``--mask-repeats`` (this process, no training running), with the mean number of cells per
       pixel. examples/bench_partition_masks.py measures the same on synthetic larger images.
 """
@@ -37,13 +38,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from examples import bench_common as bc  # noqa: E402
+
+if TYPE_CHECKING:
+    from async_nerf_ns.partition.config import PartitionConfig
 
 
 def parse_grid(text: str) -> Tuple[int, int]:
@@ -69,10 +73,9 @@ def run_row(grid: List[int], scene: str, iterations: int, output: str, threads: 
     return bc.train_in_process(config, Path(scene), iterations, Path(output), name=name, after_train=render_speed)  # type: ignore[return-value]
 
 
-def mask_timing(scene: Path, grids: List[Tuple[int, int]], samples_per_ray: int, repeats: int) -> List[Dict[str, Any]]:
+def mask_timing(scene: Path, grids: List[Tuple[int, int]], preset: PartitionConfig, repeats: int) -> List[Dict[str, Any]]:
     """(iv): compute_cluster_masks on the train RGB cameras, best of ``repeats``, per grid."""
     from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
-    from async_nerf_ns.partition.config import PartitionConfig
     from async_nerf_ns.partition.geometry import resolve_geometry
     from async_nerf_ns.partition.masks import compute_cluster_masks
 
@@ -84,7 +87,7 @@ def mask_timing(scene: Path, grids: List[Tuple[int, int]], samples_per_ray: int,
     for grid in grids:
         if grid == (1, 1):
             continue  # one cell: no masks (every pixel trains the only cell)
-        config = PartitionConfig(grid_dim=grid, samples_per_ray=samples_per_ray)
+        config = dataclasses.replace(preset, grid_dim=grid)
         geometry = resolve_geometry(
             config, cameras.camera_to_worlds[:, :, 3], meta.origin_drb, meta.pose_scale_factor, meta.drb_to_world
         )
@@ -127,7 +130,7 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="only (iv), the mask timing")
     args = bc.resolve_common(parser.parse_args())
     grids = [parse_grid(g) for g in args.grids]
-    samples = bc.small_preset(args.iterations).pipeline.datamanager.partition.samples_per_ray
+    preset_partition = bc.small_preset(args.iterations).pipeline.datamanager.partition
 
     rows: List[Dict[str, Any]] = []
     if not args.skip_training:
@@ -140,7 +143,7 @@ def main() -> None:
 
     print(f"\n[{time.strftime('%H:%M:%S')}] (iv) timing cluster masks ...", flush=True)
     bc.set_threads(args.threads)
-    masks = mask_timing(args.scene, grids, samples, args.mask_repeats)
+    masks = mask_timing(args.scene, grids, preset_partition, args.mask_repeats)
 
     lines = [
         f"scene {args.scene}, async-nerf-small, {args.iterations} iterations per grid (one cell per step, "
@@ -161,7 +164,9 @@ def main() -> None:
     if masks:
         lines.append(
             f"(iv) cluster masks, {masks[0]['images']} train RGB frames ({masks[0]['megapixels']:.2f} MP), "
-            f"{samples} samples/ray, best of {args.mask_repeats}: "
+            f"{preset_partition.membership} membership"
+            + (f" ({preset_partition.samples_per_ray} samples/ray)" if preset_partition.membership == "sampled" else "")
+            + f", best of {args.mask_repeats}: "
             + ", ".join(f"{m['grid']} {m['s_per_mp']:.3f} s/MP ({m['cells_per_pixel']:.2f} cells/pixel)" for m in masks)
         )
     else:

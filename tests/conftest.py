@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import pytest
 
@@ -48,3 +49,16 @@ def run_command(
             f"\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def wait_for(condition: Callable[[], Optional[object]], process: subprocess.Popen, log: Path, timeout: float = 240):
+    """Polls ``condition()`` until it returns something true (returned), while ``process`` (a driver
+    writing ``log``) still runs; fails with the log's tail if the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert process.poll() is None, f"the driver exited ({process.returncode}) first:\n{log.read_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"timed out\n{log.read_text()[-4000:]}"
+        time.sleep(0.05)

@@ -26,9 +26,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
+
+from conftest import wait_for as _wait_for
 
 from async_nerf_ns.cluster.cell_task import read_attempts, read_json
 from async_nerf_ns.files.run_folder import DONE, PROGRESS, cell_dir
@@ -192,17 +194,6 @@ def _driver(args: List[str], home: Path, auth_mode: Optional[str], log: Path) ->
     with open(log, "w") as stream:
         return subprocess.Popen([str(BIN / "async-nerf-train-cells"), *args], cwd=log.parent, env=_env(home, auth_mode),
                                 stdout=stream, stderr=subprocess.STDOUT)
-
-
-def _wait_for(condition: Callable[[], Optional[object]], process: subprocess.Popen, log: Path, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert process.poll() is None, f"the driver exited ({process.returncode}) first:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"timed out\n{log.read_text()[-4000:]}"
-        time.sleep(0.05)
 
 
 def test_a_driver_without_the_token_mode_is_refused_with_the_fix(cluster: Dict, example_scene: Path, tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -35,8 +36,10 @@ def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path, monke
         atomic_torch_save({"step": 20}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 10}
-    # nerfstudio parses every file name in nerfstudio_models/ as step-N.ckpt: nothing else may be there.
-    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    # nerfstudio parses every file name in nerfstudio_models/ as step-N.ckpt: nothing else may be there
+    # but the checkpoint's checksum file, whose name parses the same (nerfstudio's expression below).
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".crc32"]
+    assert {int(x[x.find("-") + 1 : x.find(".")]) for x in os.listdir(path.parent)} == {10}
     assert all(p.name.endswith(PARTIAL_SUFFIX) or p.is_dir() for p in tmp_path.iterdir() if p != path.parent)
 
 

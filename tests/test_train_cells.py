@@ -17,15 +17,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 import torch
 
+from async_nerf_ns.check.command import Check
 from async_nerf_ns.cluster.cell_task import read_attempts, read_json
 from async_nerf_ns.files.run_folder import ATTEMPTS, DONE, PROGRESS, cell_dir
 from async_nerf_ns.cluster.driver import ClusterError, check_resources, cli
 from conftest import run_command
+from conftest import wait_for as _wait_for
 
 ray = pytest.importorskip("ray")
 
@@ -65,17 +67,6 @@ def _start(args: List[str], log: Path) -> subprocess.Popen:
     with open(log, "w") as stream:
         return subprocess.Popen([str(bin_dir / args[0]), *args[1:]], cwd=log.parent, env=env,
                                 stdout=stream, stderr=subprocess.STDOUT)
-
-
-def _wait_for(condition: Callable[[], Optional[object]], process: subprocess.Popen, log: Path, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert process.poll() is None, f"the driver exited ({process.returncode}) first:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"timed out\n{log.read_text()[-4000:]}"
-        time.sleep(0.05)
 
 
 def _checkpoints(run_dir: Path, k: int) -> List[Path]:
@@ -232,6 +223,21 @@ def test_a_cell_out_of_retries_fails_the_command_after_the_other_finishes(
     assert read_json(cell_dir(run_dir, 1) / DONE)["step"] == STEPS - 1
     assert len(read_attempts(cell_dir(run_dir, 0))) == 1
     assert not (run_dir / ASSEMBLED).exists()
+    report = Check(run_dir, strict=False).report()
+    cells = {f.subject.split(" (")[0]: f for f in report.findings if f.what == "cell"}
+    assert report.exit_code == 1 and cells["cell 0"].status == "error" and cells["cell 0"].detail.startswith("failed; 1 attempt(s)")
+    assert cells["cell 1"].status == "ok" and cells["cell 1"].detail.startswith(f"done; 1 attempt(s); step {STEPS - 1} of {STEPS - 1}")
+
+
+def test_check_says_a_finished_run_is_sound_and_its_assembly_holds_the_cells_final_checkpoints(local_run: Path):
+    report = Check(local_run).report()
+    assert report.kind == "train-cells run" and report.exit_code == 0, report.findings
+    cells = [f for f in report.findings if f.what == "cell"]
+    assert len(cells) == 2 and all(f.detail.startswith("done") for f in cells)
+    checkpoints = [f for f in report.findings if f.what == "checkpoint"]
+    assert len(checkpoints) >= 3 and all("loads strictly" in f.detail for f in checkpoints), checkpoints
+    (assembly,) = [f for f in report.findings if f.what == "assembly"]
+    assert assembly.status == "ok" and "equal its final checkpoint" in assembly.detail
 
 
 # --------------------------------------------------------------------------------------- no training

@@ -4,15 +4,18 @@ to read the GUI and scene a running ns-viewer sends, as the browser would receiv
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import msgspec
 from websockets.sync.client import connect
 
 
-def viewer_messages(port: int, seconds: float = 8.0, send: Sequence[Dict] = (), send_after: float = 3.0) -> List[Dict]:
-    """Every message the viewer at ``port`` sends within ``seconds``; ``send`` (message dicts) are sent
-    ``send_after`` seconds after connecting."""
+def viewer_messages(
+    port: int, seconds: float = 8.0, send: Sequence[Dict] = (), send_after: float = 3.0,
+    until: Optional[Callable[[List[Dict]], bool]] = None,
+) -> List[Dict]:
+    """Every message the viewer at ``port`` sends within ``seconds`` (or until ``until(messages)`` holds,
+    once ``send`` has been sent); ``send`` (message dicts) are sent ``send_after`` seconds after connecting."""
     messages: List[Dict] = []
     with connect(f"ws://127.0.0.1:{port}", max_size=None, open_timeout=30) as socket:
         started = time.monotonic()
@@ -28,6 +31,8 @@ def viewer_messages(port: int, seconds: float = 8.0, send: Sequence[Dict] = (), 
                 continue
             data = msgspec.msgpack.decode(raw)
             messages.extend(data if isinstance(data, (list, tuple)) else [data])
+            if sent and until is not None and until(messages):
+                break
     return messages
 
 

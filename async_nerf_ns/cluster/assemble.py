@@ -34,7 +34,7 @@ import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from torch import Tensor
 
-from async_nerf_ns.files.checkpoints import atomic_torch_save, checkpoint_name, checkpoints_by_step
+from async_nerf_ns.files.checkpoints import atomic_torch_save, checkpoint_name, checkpoints_by_step, remove_checkpoint
 from async_nerf_ns.shards.sets import image_counts
 
 TRAINED_CELLS_KEY = "trained_cells"
@@ -202,11 +202,11 @@ def write_assembled_run(
     name = checkpoint_name(step)
     atomic_torch_save(
         {"step": int(step), "pipeline": dict(state), "optimizers": {}, "schedulers": {}, "scalers": {}},
-        config.get_checkpoint_dir() / name,
+        config.get_checkpoint_dir() / name, resume="run the assembly again (async-nerf-merge / async-nerf-train-cells)",
     )
     for old in checkpoints_by_step(config.get_checkpoint_dir()):  # an earlier assembly of fewer steps
         if old.name != name:
-            old.unlink()
+            remove_checkpoint(old)
     if transforms is not None and Path(transforms).exists():
         shutil.copy(transforms, base / "dataparser_transforms.json")
     if check:

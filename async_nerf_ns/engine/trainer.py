@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Tuple, Type
 
-import torch
 from torch import Tensor
 
 from nerfstudio.engine.trainer import TRAIN_INTERATION_OUTPUT, Trainer, TrainerConfig
@@ -19,7 +18,9 @@ from async_nerf_ns.files.checkpoints import (
     atomic_torch_save,
     checkpoint_name,
     checkpoints_by_step,
+    load_checkpoint,
     load_newest_checkpoint,
+    remove_checkpoint,
     to_plain_python,
 )
 from async_nerf_ns.engine.optimizers import CellOptimizers
@@ -85,7 +86,7 @@ class AsyncNerfTrainer(Trainer):
             if path is not None:
                 if not Path(path).is_file():
                     raise FileNotFoundError(f"Checkpoint {path} does not exist")
-                self._resume = (Path(path), torch.load(path, map_location="cpu", weights_only=True))
+                self._resume = (Path(path), load_checkpoint(path))
         # nerfstudio's _load_checkpoint would read the file again: ours loads the state read here.
         config.load_dir, config.load_checkpoint = None, None if self._resume is None else self._resume[0]
         super().setup(test_mode)
@@ -112,7 +113,8 @@ class AsyncNerfTrainer(Trainer):
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
-        """Like nerfstudio's, but the file appears complete or not at all, and holds no numpy objects."""
+        """Like nerfstudio's, but the file appears complete or not at all, with its CRC-32 beside it, and holds
+        no numpy objects; a full disk stops the run with a message naming the folder and the space."""
         ckpt_path: Path = self.checkpoint_dir / checkpoint_name(step)
         pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline
         state = {
@@ -122,9 +124,10 @@ class AsyncNerfTrainer(Trainer):
             "schedulers": {k: to_plain_python(v.state_dict()) for k, v in self.optimizers.schedulers.items()},
             "scalers": to_plain_python(self.grad_scaler.state_dict()),
         }
-        atomic_torch_save(state, ckpt_path)
+        resume = f"resume from the last complete checkpoint (ns-train ... --load-dir {self.checkpoint_dir})"
+        atomic_torch_save(state, ckpt_path, resume=resume)
         if self.config.save_only_latest_checkpoint:
             # Only after the new file is complete: a crash above leaves the previous checkpoint.
             files = checkpoints_by_step(self.checkpoint_dir)
             for old in files[: max(0, len(files) - max(1, self.config.keep_checkpoints))]:
-                old.unlink()
+                remove_checkpoint(old)

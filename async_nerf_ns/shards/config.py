@@ -20,10 +20,12 @@ class ShardConfig:
     the chunk being read plus the next one in memory per stream, so this bounds the data part of its
     RAM (default: ~12 MB per chunk)."""
     shuffle_buffer_records: int = 1 << 22
-    """Records gathered before they are shuffled and dealt over all chunks while writing; bounds the
-    writer's memory (~35 bytes per record with the shuffle's copies: ~150 MB by default). Each
-    flush is spread over every chunk of a cell, and training shuffles each chunk again when reading."""
+    """Records held in memory before they are appended to the chunk files (one flush); bounds the
+    writer's memory (11-12 bytes per record, twice: the buffer being written and the one being
+    filled, ~100 MB by default). It does not decide how well the set is shuffled: each image's
+    records are dealt at random and evenly over all of its cell's chunks as the image arrives, and
+    training shuffles each chunk again when reading."""
     prefetch: bool = True
     """Load the next chunk in a background thread while training reads the current one."""
     seed: int = 0
-    """Seed of the write-time shuffle (part of the key)."""
+    """Seed of the write-time dealing of records over chunks (image i uses (seed, i)); part of the key."""

@@ -10,7 +10,8 @@ little-endian records, no header (``numpy.fromfile(path, dtype)``):
 
 Records are shuffled when written (a shuffle buffer dealt over all of a cell's chunks), so every chunk
 is a random sample of the cell's pixels of all images. ``manifest.json`` is written last, atomically:
-a set without it is incomplete and never read. ``image_counts.npy`` (images x cells, uint32) says how
+a set without it is incomplete and never read. It records per chunk its file, record count and CRC-32
+(``crc32``, 8 hex digits of ``zlib.crc32``; absent in sets written before checksums existed). ``image_counts.npy`` (images x cells, uint32) says how
 many records each image gave each cell.
 """
 
@@ -59,3 +60,13 @@ def read_manifest(shard_set: Path) -> Dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise ShardSetError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
+
+
+def damaged_chunk_message(shard_set: Path, cell: int, path: Path, problem: str) -> str:
+    """What a user reads when a chunk on disk is not what was written: the file, the cell, how to fix it."""
+    return (
+        f"{path} (cell {cell} of shard set {Path(shard_set).name}) is damaged: {problem}. Training stops "
+        f"here rather than use its records. Move the set away (mv {shard_set} {shard_set}.damaged) and run "
+        f"again: it is written anew from the dataset's images; `async-nerf-check` on the dataset checks "
+        f"every chunk."
+    )

@@ -6,17 +6,26 @@ order drawn from ``(seed, cell, e)`` and each chunk's records in an order drawn 
 run resumed at step ``s`` draws exactly what the uninterrupted run drew (no sampler state to save),
 and every record is used once per epoch (no replacement). Only the chunk being read and the next
 one are in memory; the next is loaded in a background thread while the current one is consumed.
+
+The first time a process reads a chunk, its bytes are checked against the CRC-32 the manifest
+records (sets written before checksums existed have none and are read unchecked): a chunk that
+changed on disk raises `ShardSetError` naming the file, the cell and how to rewrite the set, before
+any of its records is returned, so training stops rather than train on them.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from async_nerf_ns.shards.format import RECORDS, ShardSetError, read_manifest
+from async_nerf_ns.files.checksums import crc32_bytes
+from async_nerf_ns.shards.format import RECORDS, ShardSetError, damaged_chunk_message, read_manifest
+
+_VERIFIED: Set[Tuple[str, str]] = set()
+"""(chunk file, CRC-32) pairs this process has checked: each chunk is checked once per process."""
 
 
 class CellRays:
@@ -31,7 +40,9 @@ class CellRays:
         self.seed = seed
         self.dtype = RECORDS[manifest["kind"]]
         entry = manifest["cells"][cell]
-        self.chunks: List[Tuple[Path, int]] = [(self.shard_set / c["file"], int(c["records"])) for c in entry["chunks"] if c["records"]]
+        chunks = [c for c in entry["chunks"] if c["records"]]
+        self.chunks: List[Tuple[Path, int]] = [(self.shard_set / c["file"], int(c["records"])) for c in chunks]
+        self.checksums: List[Optional[str]] = [c.get("crc32") for c in chunks]
         self.num_records = sum(n for _, n in self.chunks)
         self._sizes = np.array([n for _, n in self.chunks], dtype=np.int64)
         self._loaded: Dict[Tuple[int, int], np.ndarray] = {}
@@ -50,8 +61,16 @@ class CellRays:
             records = np.fromfile(path, dtype=self.dtype)
         except OSError as error:
             raise ShardSetError(f"{path}: cannot read shard chunk ({error})") from error
-        if len(records) != count:
-            raise ShardSetError(f"{path}: {len(records)} records, the manifest says {count} (damaged shard set?)")
+        if len(records) != count or path.stat().st_size != count * self.dtype.itemsize:
+            problem = f"{path.stat().st_size:,} bytes, the manifest says {count:,} records of {self.dtype.itemsize} bytes"
+            raise ShardSetError(damaged_chunk_message(self.shard_set, self.cell, path, problem))
+        expected = self.checksums[chunk]
+        if expected is not None and (str(path), expected) not in _VERIFIED:
+            actual = f"{crc32_bytes(records):08x}"
+            if actual != expected:
+                problem = f"CRC-32 {actual}, the manifest says {expected} (its bytes changed after it was written)"
+                raise ShardSetError(damaged_chunk_message(self.shard_set, self.cell, path, problem))
+            _VERIFIED.add((str(path), expected))
         return records[np.random.default_rng([self.seed, self.cell, epoch, chunk]).permutation(count)]
 
     def _chunk(self, epoch: int, chunk: int) -> np.ndarray:

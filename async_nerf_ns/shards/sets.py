@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def write_rgb_shards(
         with _one_torch_thread(device):
             return write_shard_set(
                 target, "rgb", _layout(cameras, geometry, shards), image_pixels, shards.seed, "RGB ray shards",
-                extra=_partition_extra(geometry, partition),
+                extra={**_partition_extra(geometry, partition), "inputs": input_files(files)},
             )
     finally:
         colours.close()
@@ -181,7 +181,7 @@ def write_depth_shards(
         with _one_torch_thread(device):
             return write_shard_set(
                 target, "depth", _layout(cameras, geometry, shards), image_pixels, shards.seed, "depth ray shards",
-                extra=_partition_extra(geometry, partition),
+                extra={**_partition_extra(geometry, partition), "inputs": input_files(files)},
             )
     finally:
         distances.close()
@@ -189,10 +189,23 @@ def write_depth_shards(
 
 def _partition_extra(geometry: PartitionGeometry, partition: PartitionConfig) -> Dict[str, Any]:
     """What the manifest records of the partition the set was cut with."""
-    extra: Dict[str, Any] = {"grid_dim": list(geometry.grid_dim), "membership": partition.membership}
+    extra: Dict[str, Any] = {
+        "grid_dim": list(geometry.grid_dim), "membership": partition.membership,
+        "centroids": geometry.centroids.detach().cpu().double().tolist(),
+    }
     if partition.membership == "sampled":
         extra["samples_per_ray"] = partition.samples_per_ray
     return extra
+
+
+def input_files(files: Sequence[Path]) -> List[List[Any]]:
+    """What the manifest records of the files a set was written from ([absolute path, bytes,
+    modification time in ns] each, as its key hashes them): `async-nerf-check` tells a stale set by it."""
+    rows: List[List[Any]] = []
+    for path in files:
+        stat = Path(path).stat()
+        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return rows
 
 
 def image_counts(shard_set: Path) -> np.ndarray:

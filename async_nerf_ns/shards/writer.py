@@ -11,6 +11,14 @@ Resumable: writing happens in ``<set>.partial/``; after every flush the chunk fi
 ``progress.json`` records the next image and every chunk file's length. A run killed at any moment
 truncates the chunks back to the recorded lengths and continues from that image; the finished folder
 is renamed into place and ``manifest.json`` (written last) marks it complete.
+
+Checksums: every chunk's CRC-32 (files/checksums.py) is computed from the records as they are appended
+(in the I/O thread, not by reading the files back) and recorded in the journal with its length, then
+in the manifest: a reader that finds other bytes on disk (a flipped bit, a lost write) knows.
+
+A full disk stops the writing with a `files.space.DiskFullError` naming the folder, the free space and
+about how much more the set needs; the journal still describes the last complete flush, so running
+again after freeing space continues from there.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ from async_nerf_ns.shards.format import (
     is_complete,
 )
 from async_nerf_ns.files.atomic import write_json_atomic
+from async_nerf_ns.files.checksums import ALGORITHM as CHECKSUM_ALGORITHM
+from async_nerf_ns.files.checksums import crc32_bytes
+from async_nerf_ns.files.space import naming_full_disk
 
 PROGRESS = "progress.json"
 
@@ -174,6 +185,7 @@ class _Journal:
         self.layout = layout
         self.next_image = 0
         self.lengths: Dict[str, int] = {}
+        self.crc32: Dict[str, int] = {}
         self.counts = np.zeros((layout.num_images, layout.num_cells), dtype=np.uint32)
         self.flushes = 0
 
@@ -189,7 +201,10 @@ class _Journal:
             return False
         if counts.shape != self.counts.shape or state.get("chunks_per_cell") != self.layout.chunks_per_cell:
             return False
+        if state.get("crc32", {}).keys() != state["lengths"].keys():  # a journal from before checksums
+            return False
         self.next_image, self.lengths, self.flushes = state["next_image"], state["lengths"], state["flushes"]
+        self.crc32 = state["crc32"]
         self.counts = counts
         for chunk in self.folder.glob("cell_*/chunk_*.bin"):
             name = chunk.relative_to(self.folder).as_posix()
@@ -205,17 +220,24 @@ class _Journal:
         return {
             "next_image": self.next_image,
             "lengths": dict(self.lengths),
+            "crc32": dict(self.crc32),
             "flushes": self.flushes,
             "chunks_per_cell": self.layout.chunks_per_cell,
             "counts": self.counts.copy(),
         }
 
 
-def _persist(folder: Path, writes: List[Tuple[Path, List[np.ndarray]]], state: Dict[str, Any]) -> None:
-    """Appends the pieces to their chunk files, makes them durable, then records ``state`` in the journal."""
+def _persist(folder: Path, writes: List[Tuple[Path, List[np.ndarray]]], state: Dict[str, Any], crc32: Dict[str, int]) -> None:
+    """Appends the pieces to their chunk files, continues their CRC-32s (in ``crc32`` and ``state``),
+    makes them durable, then records ``state`` in the journal."""
     for path, pieces in writes:
+        name = path.relative_to(folder).as_posix()
+        crc = crc32.get(name, 0)
         with open(path, "ab") as stream:
             stream.writelines(piece.data for piece in pieces)  # contiguous pieces: no copy
+        for piece in pieces:
+            crc = crc32_bytes(piece, crc)
+        crc32[name] = state["crc32"][name] = crc
     # One sync for all chunk files (thousands on a large capture) before the journal says they are
     # this long; a kill before the journal is rewritten truncates them back on resume.
     os.sync()
@@ -299,16 +321,25 @@ def _write(target, staging, kind, layout, image_pixels, seed, description, extra
                     chunks[chunk] = []
         buffered = 0
         journal.next_image, journal.flushes = next_image, journal.flushes + 1
-        state = journal.state()
-        while in_flight:
+        while in_flight:  # the previous flush has updated journal.crc32
             in_flight.pop().result()
-        in_flight.append(io.submit(_persist, staging, writes, state))
+        state = journal.state()
+        in_flight.append(io.submit(_persist, staging, writes, state, journal.crc32))
         if stop_after_flushes is not None and journal.flushes >= stop_after_flushes:
             in_flight.pop().result()
             raise KeyboardInterrupt(f"stopped after {journal.flushes} flushes (test)")
 
+    def needed_bytes() -> float:
+        """About how many more bytes the set needs: its bytes so far per image, for the images left."""
+        written = sum(journal.lengths.values())
+        return written / max(1, journal.next_image) * (layout.num_images - journal.next_image)
+
     columns = (TextColumn(f"[bold blue]{description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with io, Progress(*columns) as progress:
+    full_disk = naming_full_disk(
+        staging, f"{description} ({target.name})", needed_bytes,
+        "run the same command again: the writing resumes from its last complete flush",
+    )
+    with full_disk, io, Progress(*columns) as progress:
         task = progress.add_task(description, total=layout.num_images, completed=journal.next_image)
         images = range(journal.next_image, layout.num_images)
         with contextlib.closing(_in_order(image_pixels, images, ahead)) as prepared:
@@ -327,41 +358,52 @@ def _write(target, staging, kind, layout, image_pixels, seed, description, extra
             in_flight.pop().result()
 
     seconds = time.perf_counter() - started
-    counts = journal.counts
-    np.save(staging / IMAGE_COUNTS, counts)
-    (staging / PROGRESS).unlink()
-    (staging / f"progress_{IMAGE_COUNTS}").unlink()
-    cells = []
-    for cell in range(layout.num_cells):
-        chunks = sorted(cell_folder(staging, cell).glob("chunk_*.bin"))
-        record_size = RECORDS[kind].itemsize
-        cells.append(
-            {
-                "cell": cell,
-                "records": int(counts[:, cell].sum()),
-                "chunks": [{"file": c.relative_to(staging).as_posix(), "records": c.stat().st_size // record_size} for c in chunks],
-            }
-        )
-        assert sum(c["records"] for c in cells[-1]["chunks"]) == cells[-1]["records"], "chunk files lost records"
-    manifest = {
-        "format": FORMAT,
-        "kind": kind,
-        "record_dtype": [list(field) if len(field) > 2 else [field[0], field[1]] for field in RECORDS[kind].descr],
-        "record_bytes": RECORDS[kind].itemsize,
-        "num_cells": layout.num_cells,
-        "num_images": layout.num_images,
-        "chunks_per_cell": layout.chunks_per_cell,
-        "seed": seed,
-        "cells": cells,
-        "write_seconds": seconds,
-        "megapixels_written_per_second": pixels_done / 1e6 / max(seconds, 1e-9),
-        **(extra or {}),
-    }
-    write_json_atomic(staging / MANIFEST, manifest)
-    os.rename(staging, target)  # atomic: the set appears complete, manifest included, or not at all
+    with naming_full_disk(staging, f"the manifest of {target.name}", 1e6, "run the same command again"):
+        cells = _finish(staging, target, kind, layout, journal, seed, seconds, pixels_done, extra)
     total = sum(c["records"] for c in cells)
     CONSOLE.print(
         f"{description}: {total:,} records in {layout.num_cells} cells, {seconds:.1f} s "
         f"({pixels_done / 1e6 / max(seconds, 1e-9):.2f} MP/s) -> {target}"
     )
     return target
+
+
+def _finish(
+    staging: Path, target: Path, kind: str, layout: ShardLayout, journal: _Journal, seed: int, seconds: float,
+    pixels_done: int, extra: Optional[Dict[str, Any]],
+) -> List[Dict[str, Any]]:
+    """Writes the image counts and the manifest (chunk sizes and CRC-32s from the journal), then renames
+    the staging folder into place. The journal is removed only once the manifest is written, so a
+    failure here (a full disk) is finished by the next run without writing any record again."""
+    np.save(staging / IMAGE_COUNTS, journal.counts)
+    cells = []
+    record_size = RECORDS[kind].itemsize
+    for cell in range(layout.num_cells):
+        chunks = []
+        for path in sorted(cell_folder(staging, cell).glob("chunk_*.bin")):
+            name = path.relative_to(staging).as_posix()
+            size = path.stat().st_size
+            assert size == journal.lengths[name], (path, size, journal.lengths[name])
+            chunks.append({"file": name, "records": size // record_size, "crc32": f"{journal.crc32[name]:08x}"})
+        cells.append({"cell": cell, "records": int(journal.counts[:, cell].sum()), "chunks": chunks})
+        assert sum(c["records"] for c in chunks) == cells[-1]["records"], "chunk files lost records"
+    manifest = {
+        "format": FORMAT,
+        "kind": kind,
+        "record_dtype": [list(field) if len(field) > 2 else [field[0], field[1]] for field in RECORDS[kind].descr],
+        "record_bytes": record_size,
+        "num_cells": layout.num_cells,
+        "num_images": layout.num_images,
+        "chunks_per_cell": layout.chunks_per_cell,
+        "seed": seed,
+        "checksum": CHECKSUM_ALGORITHM,
+        "cells": cells,
+        "write_seconds": seconds,
+        "megapixels_written_per_second": pixels_done / 1e6 / max(seconds, 1e-9),
+        **(extra or {}),
+    }
+    write_json_atomic(staging / MANIFEST, manifest)
+    (staging / PROGRESS).unlink()
+    (staging / f"progress_{IMAGE_COUNTS}").unlink()
+    os.rename(staging, target)  # atomic: the set appears complete, manifest included, or not at all
+    return cells

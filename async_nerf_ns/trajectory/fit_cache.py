@@ -21,6 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from async_nerf_ns.files.atomic import write_json_atomic
 from async_nerf_ns.files.checkpoints import atomic_torch_save
+from async_nerf_ns.files.checksums import checksum_problem
 from async_nerf_ns.files.keys import content_key
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.time_offset import PoseFunction, TimeOffsetConfig, TimeOffsetEstimate, estimate_time_offset
@@ -40,6 +41,9 @@ def cached_fit(folder: Path, timestamps: np.ndarray, c2w: torch.Tensor, config: 
     path = Path(folder) / f"tpf-{fit_key(timestamps, c2w, config)}.pt"
     if path.is_file():
         try:
+            problem = checksum_problem(path)
+            if problem is not None:
+                raise ValueError(problem)
             tpf = FittedTPF.from_state_dict(config, torch.load(path, map_location="cpu", weights_only=True))
         except Exception as error:  # a damaged file: fit again and replace it
             CONSOLE.print(f"[yellow]Stage 1: {path} does not load ({error}); fitting again")
