@@ -20,7 +20,7 @@ How the numbers are measured (read the tables with this in mind):
 - **rays/s** = rays per training step (RGB + depth rays) / s/iter.
 - **val PSNR / SSIM / LPIPS** = ``pipeline.get_average_eval_image_metrics()`` over all val RGB
   frames (full images) after training; for async-nerf it also holds depth RMSE/AbsRel/delta<1.25
-  on the val depth frames and depth-frame pose errors (see ``async_nerf_ns/evaluation.py``).
+  on the val depth frames and depth-frame pose errors (see ``async_nerf_ns/evaluation/``).
 - **peak RSS** = the row's process peak resident memory in MB: "train" is read right after
   training (it includes set-up), "all" after the evaluation too. Worker processes (nerfstudio's
   ParallelDataManager) are reported separately when there are any.

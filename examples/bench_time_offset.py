@@ -98,7 +98,7 @@ def main() -> None:
         row = {"offset_ms": offset, **stage1(data)}
         if args.train_steps:
             for label, estimate in (("with", True), ("without", False)):
-                row[f"train_{label}"] = train_and_eval(data, args.output / "runs", f"{offset}-{label}", args.train_steps, estimate)
+                row[f"trained_{label}"] = train_and_eval(data, args.output / "runs", f"{offset}-{label}", args.train_steps, estimate)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -115,19 +115,19 @@ def main() -> None:
     ]
     if args.train_steps:
         columns += [
-            ("val PSNR with / without", lambda r: f"{r['train_with']['psnr']:.2f} / {r['train_without']['psnr']:.2f}"),
-            ("depth RMSE (m) with / without", lambda r: f"{r['train_with']['depth_rmse_m']:.2f} / {r['train_without']['depth_rmse_m']:.2f}"),
+            ("val PSNR with / without", lambda r: f"{r['trained_with']['psnr']:.2f} / {r['trained_without']['psnr']:.2f}"),
+            ("depth RMSE (m) with / without", lambda r: f"{r['trained_with']['depth_rmse_m']:.2f} / {r['trained_without']['depth_rmse_m']:.2f}"),
         ]
     text = markdown_table(rows, columns)
     if args.long_frames:
         frames = args.long_frames
         spec = dataclasses.replace(SceneSpec(), num_rgb=int(frames / 2) + 2, depth_rate_hz=10.0, depth_offset_s=0.03,
-                                   val_every=1000, depth_clock_offset_ms=30, write_preview=False)
+                                   val_every=1000, depth_clock_offset_ms=37, write_preview=False)
         data = args.output / f"town_long_{frames}"
         if not (data / "coordinates.pt").is_file():
             generate_scene(data, spec)
         long_row = stage1(data)
-        text += (f"\n\nEstimator on a {long_row['frames']}-frame lidar track (64x48, 10 Hz, injected 30 ms): "
+        text += (f"\n\nEstimator on a {long_row['frames']}-frame lidar track (64x48, 10 Hz, injected 37 ms): "
                  f"{long_row['estimator_s']:.1f} s, estimate {long_row['estimate_ms']:+.2f} +- {long_row['std_ms']:.2f} ms")
         rows.append({"long_track": long_row})
     print(text)

@@ -183,10 +183,10 @@ def test_viewer_answers_http_and_shows_the_partition(trained_config: Path, tmp_p
         centroid = state["_model.centroids"][2].double() * 10.0  # viser's units: 10 per scene unit
         camera = {"type": "ViewerCameraMessage", "wxyz": (1.0, 0.0, 0.0, 0.0), "position": (float(centroid[0]), float(centroid[1]), 8.0),
                   "fov": 1.0, "aspect": 1.3, "look_at": (float(centroid[0]), float(centroid[1]), 0.0), "up_direction": (0.0, 0.0, 1.0)}
-        # The panel follows the camera once the viewer handles its message: on a busy machine that took
-        # longer than 7 s once (the viewer renders for the new camera too), so wait for it up to 60 s.
+        # The panel follows the camera: sent every 2 s as a browser sends it on every move (one message
+        # sent right after connecting can precede the viewer's handlers for this client), up to 60 s.
         highlighted = lambda got: any("**2 (camera)**" in t for t in markdown_of(got).values())  # noqa: E731
-        messages = viewer_messages(port, seconds=60.0, send=[camera], until=highlighted)
+        messages = viewer_messages(port, seconds=60.0, send=[camera], until=highlighted, resend_every=2.0)
     finally:
         viewer.terminate()
         try:

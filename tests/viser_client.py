@@ -12,19 +12,23 @@ from websockets.sync.client import connect
 
 def viewer_messages(
     port: int, seconds: float = 8.0, send: Sequence[Dict] = (), send_after: float = 3.0,
-    until: Optional[Callable[[List[Dict]], bool]] = None,
+    until: Optional[Callable[[List[Dict]], bool]] = None, resend_every: float = 0.0,
 ) -> List[Dict]:
     """Every message the viewer at ``port`` sends within ``seconds`` (or until ``until(messages)`` holds,
-    once ``send`` has been sent); ``send`` (message dicts) are sent ``send_after`` seconds after connecting."""
+    once ``send`` has been sent); ``send`` (message dicts) are sent ``send_after`` seconds after connecting,
+    and again every ``resend_every`` seconds if > 0 (a browser sends its camera on every move; a single
+    message can arrive before the viewer has registered its handlers for the new client)."""
     messages: List[Dict] = []
     with connect(f"ws://127.0.0.1:{port}", max_size=None, open_timeout=30) as socket:
         started = time.monotonic()
-        sent = False
+        sent, last_sent = False, 0.0
         while time.monotonic() - started < seconds:
-            if not sent and time.monotonic() - started > send_after:
+            now = time.monotonic()
+            due = not sent and now - started > send_after
+            if due or (sent and resend_every > 0 and now - last_sent > resend_every):
                 for message in send:
                     socket.send(msgspec.msgpack.encode(message))
-                sent = True
+                sent, last_sent = True, now
             try:
                 raw = socket.recv(timeout=0.5)
             except TimeoutError:

@@ -8,7 +8,7 @@ named so that running it again finds it (Ray reruns a task from the start after 
   field implementation, mixed precision, time);
 - ``progress.json``: the step reached and the train PSNR and loss (means over the steps since the
   previous report), rewritten atomically every ``progress_every`` steps;
-- ``nerfstudio_models/step-N.ckpt``: checkpoints (atomic, see engine/checkpoints.py); a rerun
+- ``nerfstudio_models/step-N.ckpt``: checkpoints (atomic, with a CRC-32 sidecar, see files/checkpoints.py); a rerun
   resumes from the newest one that loads (a damaged one goes to ``unloadable_checkpoints/``), and
   the ``keep_checkpoints`` newest are kept so that there is one to fall back to;
 - ``train.log``: the task's output, when it runs as a Ray task;

@@ -2,7 +2,7 @@
 
 The raw capture's folders are described in `raw_capture` (which reads and checks them) and in
 `async-nerf-convert --help`. Poses are read in one of `POSE_CONVENTIONS` and stored as the layout
-wants them (`raw_poses`): DRB world, OpenGL camera axes, centred on `origin_drb` and divided by
+wants them (`convert/poses.py`): DRB world, OpenGL camera axes, centred on `origin_drb` and divided by
 `pose_scale_factor`.
 
 The converter reads and checks everything before it writes anything, writes into a temporary

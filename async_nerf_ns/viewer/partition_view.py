@@ -105,6 +105,8 @@ class PartitionView(nn.Module):
         self._cell_nodes: Dict[str, Any] = {}
         self._frustum_nodes: List[Any] = []
         self._highlight: Optional[int] = None
+        self._followed: set = set()
+        """ids of the viewer clients whose camera the cells panel follows"""
         self._lock = threading.Lock()
         num_cells = int(source.geometry.num_cells)
         frames = 0 if source.depth_track is None else len(source.depth_track)
@@ -148,7 +150,11 @@ class PartitionView(nn.Module):
         self._draw_cells()
         self._draw_depth_frames()
         self.refresh()
-        server.on_client_connect(lambda client: client.camera.on_update(lambda camera: self._camera_moved(camera.position)))
+        # Clients that connect later, and those already connected: a browser (or a test's client) that
+        # connected while nerfstudio's viewer was still setting up is not announced again.
+        server.on_client_connect(self._follow_camera)
+        for client in list(server.get_clients().values()):
+            self._follow_camera(client)
         if self._run_dir is not None:
             threading.Thread(target=self._poll_progress, daemon=True, name="async-nerf cells panel").start()
 
@@ -244,6 +250,12 @@ class PartitionView(nn.Module):
                         fov=float(2 * np.arctan(cx / fx)), aspect=cx / cy, scale=0.1, color=colour,
                         wxyz=rotation.wxyz, position=c2w[:3, 3] * scale,
                     ))
+
+    def _follow_camera(self, client) -> None:
+        if client.client_id in self._followed:
+            return
+        self._followed.add(client.client_id)
+        client.camera.on_update(lambda camera: self._camera_moved(camera.position))
 
     def _camera_moved(self, position) -> None:
         world = torch.tensor(np.asarray(position, dtype=np.float64) / self._scale())[None]
