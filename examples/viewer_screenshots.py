@@ -66,7 +66,7 @@ def screenshot(chromium: str, url: str, path: Path, size: str, wait: float, port
                     if pages:
                         break
                 except OSError:
-                    pass
+                    pass  # not listening yet: poll again
                 if time.monotonic() > deadline:
                     raise SystemExit("chromium's DevTools endpoint did not answer")
                 time.sleep(1)

@@ -129,7 +129,7 @@ class Node:
             try:
                 process.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
-                pass
+                pass  # exited on its own already
         psutil.wait_procs(processes, timeout=20)
         self.process.wait(timeout=20)
 
