@@ -14,6 +14,18 @@ import pytest
 from examples.make_scene import SceneSpec, generate_scene
 
 # Small enough for CPU end-to-end runs, big enough that the 2x2 partition and the depth track matter.
+# The cluster tests' runs (test_train_cells.py, test_cluster_two_nodes.py): the example scene's 1x2
+# partition, STEPS steps per cell, a checkpoint every SAVE steps.
+STEPS = 40
+SAVE = 10
+NS_TRAIN = [
+    "--max-num-iterations", str(STEPS),
+    "--steps-per-save", str(SAVE),
+    "--pipeline.datamanager.partition.grid-dim", "1", "2",
+    "--logging.local-writer.enable", "False",
+]
+ASSEMBLED = Path("assembled") / "async-nerf-small" / "config.yml"
+
 E2E_SPEC = SceneSpec(num_rgb=64, width=64, height=48, depth_width=48, depth_height=36, write_preview=False)
 
 

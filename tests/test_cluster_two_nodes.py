@@ -30,6 +30,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
+from conftest import ASSEMBLED, NS_TRAIN, SAVE, STEPS  # noqa: F401 (the cluster runs' settings)
 from conftest import wait_for as _wait_for
 
 from async_nerf_ns.cluster.cell_task import read_attempts, read_json
@@ -38,15 +39,6 @@ from async_nerf_ns.files.run_folder import DONE, PROGRESS, cell_dir
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-STEPS = 40
-SAVE = 10
-NS_TRAIN = [
-    "--max-num-iterations", str(STEPS),
-    "--steps-per-save", str(SAVE),
-    "--pipeline.datamanager.partition.grid-dim", "1", "2",
-    "--logging.local-writer.enable", "False",
-]
-ASSEMBLED = Path("assembled") / "async-nerf-small" / "config.yml"
 BIN = Path(sys.executable).parent
 NODE_START_TIMEOUT = 120
 """Seconds for one `ray start` to come up: measured 4-9 s per node on this 2-core machine with other tests

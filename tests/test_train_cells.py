@@ -27,19 +27,11 @@ from async_nerf_ns.cluster.cell_task import read_attempts, read_json
 from async_nerf_ns.files.run_folder import ATTEMPTS, DONE, PROGRESS, cell_dir
 from async_nerf_ns.cluster.driver import ClusterError, check_resources, cli
 from conftest import run_command
+from conftest import ASSEMBLED, NS_TRAIN, SAVE, STEPS  # noqa: F401 (the cluster runs' settings)
 from conftest import wait_for as _wait_for
 
 ray = pytest.importorskip("ray")
 
-STEPS = 40
-SAVE = 10
-NS_TRAIN = [
-    "--max-num-iterations", str(STEPS),
-    "--steps-per-save", str(SAVE),
-    "--pipeline.datamanager.partition.grid-dim", "1", "2",
-    "--logging.local-writer.enable", "False",
-]
-ASSEMBLED = Path("assembled") / "async-nerf-small" / "config.yml"
 TRAIN_PSNR_RANGE = (15.6, 25.0)
 """Train PSNR (dB) in DONE.json (the mean over a cell's steps 31..39): measured 18.3 and 18.7 dB for the two
 cells (bit-reproducible on CPU); the floor is the best constant image's PSNR on val frames (15.6 dB, see
