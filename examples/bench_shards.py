@@ -3,14 +3,16 @@ writer runs (megapixels of RGB per second).
 
     python examples/bench_shards.py [--frames 160 640 2560] [--steps 20] [--old-commit 90c336f]
     python examples/bench_shards.py --writer-speed [--num-rgb 360 --width 160 --height 120] [--repeats 3]
-                                    [--method async-nerf] [--threads N] [--cpu-breakdown]
+                                    [--method async-nerf] [--threads N] [--cpu-breakdown] [--old-commit 4d66aac]
 
 (2) generates the example town with ``--num-rgb`` frames of ``--width`` x ``--height`` (default: 360 of
 160x120, 315 of them training frames, 6.0 MP), runs ``async-nerf-partition METHOD --data D`` once to fit
 stage 1 (cached), then ``--repeats`` times from an empty shard folder, each in a fresh process, and
 reports the RGB writer's MP/s as recorded in its manifest (wall time from the first image to the last
 flush: image decoding, rays, cell membership, records, file writes and syncs) and the command's wall
-time. ``--threads`` sets OMP_NUM_THREADS for those processes (default: inherited). ``--cpu-breakdown``
+time. With ``--old-commit``, the same command with the code of that commit (a ``git worktree`` first
+on PYTHONPATH, on its own copy of the scene so that neither reads the other's cache) runs in turn
+with this checkout's, repeat by repeat: a same-day, same-machine ratio. ``--threads`` sets OMP_NUM_THREADS for those processes (default: inherited). ``--cpu-breakdown``
 also rewrites the RGB set in this process and reports CPU seconds per thread (loader, membership,
 dealing, file I/O), from /proc: on a shared machine wall time says little, CPU time says what a quiet
 machine with two cores would reach at best (max of the busiest thread and half the total).
@@ -150,6 +152,14 @@ def cpu_breakdown(scene: Path, method: str) -> Dict[str, Any]:
     }
 
 
+def _old_worktree(work: Path, commit: str) -> Path:
+    """A detached ``git worktree`` of ``commit`` under ``work`` (created once)."""
+    tree = work / f"checkout_{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(tree), commit], check=True)
+    return tree
+
+
 def writer_speed(args) -> None:
     scene = (args.work / f"town_{args.num_rgb}_{args.width}x{args.height}").resolve()
     if not (scene / "coordinates.pt").is_file():
@@ -157,25 +167,41 @@ def writer_speed(args) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if args.threads is not None:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    command = [str(Path(sys.executable).parent / "async-nerf-partition"), args.method, "--data", str(scene)]
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)  # stage 1 (cached from now on)
+    command = [str(Path(sys.executable).parent / "async-nerf-partition"), args.method, "--data"]
+    versions = [("this checkout", scene, env)]
+    if args.old_commit:
+        old_scene = scene.with_name(scene.name + f"_{args.old_commit}")
+        if not (old_scene / "coordinates.pt").is_file():
+            shutil.copytree(scene, old_scene, ignore=shutil.ignore_patterns(".async_nerf_cache"), dirs_exist_ok=True)
+        old_env = {**env, "PYTHONPATH": str(_old_worktree(args.work.resolve(), args.old_commit))}
+        versions.append((args.old_commit, old_scene, old_env))
+    for _, data, version_env in versions:  # stage 1 (cached from now on)
+        subprocess.run([*command, str(data)], env=version_env, check=True, stdout=subprocess.DEVNULL)
     rows: List[Dict[str, Any]] = []
     for repeat in range(args.repeats):
-        shutil.rmtree(scene / ".async_nerf_cache" / "shards", ignore_errors=True)
-        started = time.perf_counter()
-        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-        manifest = _rgb_manifest(scene)
-        rows.append(
-            {
-                "repeat": repeat,
-                "rgb_mp_per_s": manifest["megapixels_written_per_second"],
-                "rgb_write_s": manifest["write_seconds"],
-                "command_s": time.perf_counter() - started,
-                "load_average": os.getloadavg()[0],
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    speeds = sorted(r["rgb_mp_per_s"] for r in rows)
+        for version, data, version_env in versions:
+            shutil.rmtree(data / ".async_nerf_cache" / "shards", ignore_errors=True)
+            started = time.perf_counter()
+            subprocess.run([*command, str(data)], env=version_env, check=True, stdout=subprocess.DEVNULL)
+            manifest = _rgb_manifest(data)
+            rows.append(
+                {
+                    "repeat": repeat,
+                    "code": version,
+                    "rgb_mp_per_s": manifest["megapixels_written_per_second"],
+                    "rgb_write_s": manifest["write_seconds"],
+                    "command_s": time.perf_counter() - started,
+                    "load_average": os.getloadavg()[0],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    summary = []
+    for version, _, _ in versions:
+        speeds = sorted(r["rgb_mp_per_s"] for r in rows if r["code"] == version)
+        summary.append(f"{version}: best {speeds[-1]:.2f} MP/s, median {speeds[len(speeds) // 2]:.2f} MP/s")
+    if len(versions) == 2:
+        medians = [sorted(r["rgb_mp_per_s"] for r in rows if r["code"] == v)[args.repeats // 2] for v, _, _ in versions]
+        summary.append(f"ratio of the medians (this checkout / {args.old_commit}): {medians[0] / medians[1]:.2f}x")
     text = (
         f"`{' '.join(['async-nerf-partition', args.method, '--data', 'D'])}` on {args.num_rgb} frames of "
         f"{args.width}x{args.height}, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, "
@@ -184,13 +210,14 @@ def writer_speed(args) -> None:
             rows,
             [
                 ("run", lambda r: str(r["repeat"])),
+                ("code", lambda r: r["code"]),
                 ("RGB shard writing MP/s", lambda r: r["rgb_mp_per_s"]),
                 ("RGB writing s", lambda r: r["rgb_write_s"]),
                 ("command s (incl. start-up, depth shards)", lambda r: r["command_s"]),
                 ("load average (1 min) after", lambda r: r["load_average"]),
             ],
         )
-        + f"\n\nbest {speeds[-1]:.2f} MP/s, median {speeds[len(speeds) // 2]:.2f} MP/s"
+        + "\n\n" + "\n".join(summary)
     )
     payload: Dict[str, Any] = {"rows": rows, "scene": str(scene), "method": args.method}
     if args.cpu_breakdown:
@@ -214,7 +241,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[160, 640, 2560])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--old-commit", default="90c336f", help="the last commit with the in-RAM pixel store")
+    parser.add_argument(
+        "--old-commit", default=None,
+        help="(1) the last commit with the in-RAM pixel store (default 90c336f); (2) a commit to compare with (none by default)",
+    )
     parser.add_argument("--work", type=Path, default=Path("bench_out/shards_work"))
     parser.add_argument("--output", type=Path, default=None, help="default: bench_out/shards or bench_out/shard_writer")
     parser.add_argument("--writer-speed", action="store_true", help="benchmark (2): the shard writer's speed")
@@ -232,12 +262,11 @@ def main() -> None:
         writer_speed(args)
         return
     args.output = args.output or Path("bench_out/shards")
+    args.old_commit = args.old_commit or "90c336f"
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    old_tree = work / "old_checkout"
-    if not old_tree.exists():
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(old_tree), args.old_commit], check=True)
+    old_tree = _old_worktree(work, args.old_commit)
     ns_train = str(Path(sys.executable).parent / "ns-train")
     base_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     rows: List[Dict[str, Any]] = []
