@@ -12,6 +12,9 @@
 #   --data DIR          dataset (default example_data/town, generated when it has no coordinates.pt)
 #   --out DIR           where runs, logs and the table go (default outputs/gpu_check)
 #   --no-setup          use .venv as it is (skip scripts/setup.sh)
+#   --wheels DIR        offline: no .venv and no package index; the machine's own python3 (with torch
+#                       and CUDA) plus the wheels in DIR (made by examples/gpu_bundle.sh elsewhere),
+#                       installed into a folder on PYTHONPATH; tiny-cuda-nn only if already importable
 #   --no-tcnn-install   do not try to build tiny-cuda-nn (use it if it is already installed)
 #   --cpu-smoke         no GPU required: torch fields on the CPU, to check this script itself
 #                       (e.g. --cpu-smoke --method async-nerf-small --steps 5); figures are meaningless
@@ -32,6 +35,7 @@ SETUP=1
 TCNN_INSTALL=1
 CPU_SMOKE=0
 DRY_RUN=0
+WHEELS=""
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
     --data) DATA=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-setup) SETUP=0; shift ;;
+    --wheels) WHEELS=$2; SETUP=0; TCNN_INSTALL=0; shift 2 ;;
     --no-tcnn-install) TCNN_INSTALL=0; shift ;;
     --cpu-smoke) CPU_SMOKE=1; TCNN_INSTALL=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
@@ -67,17 +72,32 @@ if [ "$CPU_SMOKE" = 0 ] && [ "$DRY_RUN" = 0 ]; then
   say "GPU: $GPU_NAME"
 fi
 
-# 2. The environment.
+# 2. The environment: .venv (scripts/setup.sh), or with --wheels the machine's python3 and the wheels.
+PY=python
 if [ "$SETUP" = 1 ]; then
   run bash scripts/setup.sh
 fi
+if [ -n "$WHEELS" ]; then
+  PY=${PYTHON:-python3}
+  ls "$WHEELS"/nerfstudio-*.whl >/dev/null 2>&1 || {
+    echo "[gpu_check] FAILED: no nerfstudio wheel in $WHEELS (make the folder with examples/gpu_bundle.sh)" >&2; exit 1; }
+  SITE=${ASYNC_NERF_SITE:-/tmp/async_nerf_site}
+  say "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE (no index, no dependencies)"
+  run "$PY" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+  # This checkout first (the wheel of it only registers its entry points), then the wheels, then the
+  # machine's own packages; console scripts (ns-train, ns-eval) from $SITE/bin.
+  export PYTHONPATH="$(pwd):$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  export PATH="$SITE/bin:$PATH"
+fi
 if [ "$DRY_RUN" = 0 ]; then
-  [ -x .venv/bin/python ] || { echo "[gpu_check] FAILED: no .venv (run without --no-setup)" >&2; exit 1; }
-  # shellcheck disable=SC1091
-  . .venv/bin/activate
+  if [ -z "$WHEELS" ]; then
+    [ -x .venv/bin/python ] || { echo "[gpu_check] FAILED: no .venv (run without --no-setup)" >&2; exit 1; }
+    # shellcheck disable=SC1091
+    . .venv/bin/activate
+  fi
   export PYTHONWARNINGS=ignore
   if [ "$CPU_SMOKE" = 0 ]; then
-    python - <<'PY' || no_gpu "torch $(python -c 'import torch; print(torch.__version__)' 2>/dev/null) sees no CUDA device"
+    "$PY" - <<'PY' || no_gpu "torch $("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null) sees no CUDA device"
 import sys, torch
 if not torch.cuda.is_available():
     sys.exit(1)
@@ -90,12 +110,13 @@ LOGS=$OUT/logs
 mkdir -p "$LOGS"
 
 # 3. tiny-cuda-nn: a CUDA source build; it may fail (no nvcc, a CUDA toolkit that does not match torch).
-tcnn_importable() { [ "$DRY_RUN" = 0 ] && python -c "import tinycudann" >/dev/null 2>&1; }
+tcnn_importable() { [ "$DRY_RUN" = 0 ] && "$PY" -c "import tinycudann" >/dev/null 2>&1; }
 TCNN_STATUS="not tried (--no-tcnn-install)"
+[ -z "$WHEELS" ] || TCNN_STATUS="not installed: offline (--wheels); carry a tinycudann wheel built for this GPU in the folder"
 NVCC_PROBLEM=""
 if [ "$DRY_RUN" = 0 ] && [ "$CPU_SMOKE" = 0 ] && command -v nvcc >/dev/null 2>&1; then
   NVCC_CUDA=$(nvcc --version | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
-  TORCH_CUDA=$(python -c "import torch; print(torch.version.cuda or '')")
+  TORCH_CUDA=$("$PY" -c "import torch; print(torch.version.cuda or '')")
   if [ "${NVCC_CUDA%%.*}" != "${TORCH_CUDA%%.*}" ]; then
     NVCC_PROBLEM="nvcc is CUDA $NVCC_CUDA but torch is built for CUDA $TORCH_CUDA: install the matching toolkit (same major version)"
   fi
@@ -138,7 +159,7 @@ fi
 
 # 4. The example scene.
 if [ ! -f "$DATA/coordinates.pt" ]; then
-  run python -m examples.make_scene "$DATA"
+  run "$PY" -m examples.make_scene "$DATA"
 fi
 
 # 5. Train and evaluate each implementation.
@@ -165,7 +186,7 @@ for impl in "${IMPLEMENTATIONS[@]}"; do
   # Checkpoint, evaluations and the viewer off during the run: the timing is the training's own;
   # nerfstudio still saves a checkpoint at the end, and ns-eval evaluates it.
   # ns-train itself, in a Python that prints the peak GPU memory when it exits.
-  if ! run python -c "$PEAK_MEMORY_NS_TRAIN" "$METHOD" --data "$DATA" --output-dir "$OUT" --experiment-name runs \
+  if ! run "$PY" -c "$PEAK_MEMORY_NS_TRAIN" "$METHOD" --data "$DATA" --output-dir "$OUT" --experiment-name runs \
       --timestamp "$impl" --max-num-iterations "$STEPS" --vis tensorboard \
       --steps-per-save 1000000 --steps-per-eval-batch 1000000 --steps-per-eval-image 1000000 \
       --steps-per-eval-all-images 1000000 --pipeline.model.implementation "$impl" \
@@ -178,10 +199,10 @@ for impl in "${IMPLEMENTATIONS[@]}"; do
     STATUS="ns-eval failed: $(tail -n 1 "$LOGS/eval_$impl.log")"
   fi
   if [ "$STATUS" = ok ] && [ "$CPU_SMOKE" = 0 ] && [ "$DRY_RUN" = 0 ]; then
-    run python examples/gpu_sync_probe.py --data "$DATA" --method "$METHOD" --implementation "$impl" \
+    run "$PY" examples/gpu_sync_probe.py --data "$DATA" --method "$METHOD" --implementation "$impl" \
       --output "$RUN_DIR/sync.json" >"$LOGS/sync_$impl.log" 2>&1 || say "$impl: sync probe failed (see $LOGS/sync_$impl.log)"
     if [ -f examples/bench_occupancy.py ]; then
-      run python examples/bench_occupancy.py --load-config "$RUN_DIR/config.yml" --output "$RUN_DIR/occupancy.json" \
+      run "$PY" examples/bench_occupancy.py --load-config "$RUN_DIR/config.yml" --output "$RUN_DIR/occupancy.json" \
         >"$LOGS/occupancy_$impl.log" 2>&1 || say "$impl: occupancy benchmark failed (see $LOGS/occupancy_$impl.log)"
     fi
   fi
@@ -196,7 +217,7 @@ fi
 
 # 6. The table: s/step from the training log (nerfstudio's "Train Iter (time)", a 20-step running
 # average, median over the second half of the run so start-up and compilation are left out).
-python - "$OUT" "$STEPS" "$METHOD" "$TCNN_STATUS" "${RESULTS[@]}" <<'PY'
+"$PY" - "$OUT" "$STEPS" "$METHOD" "$TCNN_STATUS" "${RESULTS[@]}" <<'PY'
 import json
 import statistics
 import sys
