@@ -12,8 +12,8 @@ reports the RGB writer's MP/s as recorded in its manifest (wall time from the fi
 flush: image decoding, rays, cell membership, records, file writes and syncs) and the command's wall
 time. With ``--old-commit``, the same command with the code of that commit (a ``git worktree`` first
 on PYTHONPATH, on its own copy of the scene so that neither reads the other's cache) runs in turn
-with this checkout's, repeat by repeat: a same-day, same-machine ratio. ``--threads`` sets OMP_NUM_THREADS for those processes (default: inherited). ``--cpu-breakdown``
-also rewrites the RGB set in this process and reports CPU seconds per thread (loader, membership,
+with this checkout's, repeat by repeat: a same-day, same-machine ratio. ``--threads`` sets
+OMP_NUM_THREADS for those processes (default: inherited). ``--cpu-breakdown`` also rewrites the RGB set in this process and reports CPU seconds per thread (loader, membership,
 dealing, file I/O), from /proc: on a shared machine wall time says little, CPU time says what a quiet
 machine with two cores would reach at best (max of the busiest thread and half the total).
 
@@ -195,12 +195,12 @@ def writer_speed(args) -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    summary = []
+    summary, medians = [], []
     for version, _, _ in versions:
         speeds = sorted(r["rgb_mp_per_s"] for r in rows if r["code"] == version)
-        summary.append(f"{version}: best {speeds[-1]:.2f} MP/s, median {speeds[len(speeds) // 2]:.2f} MP/s")
+        medians.append(speeds[len(speeds) // 2])
+        summary.append(f"{version}: best {speeds[-1]:.2f} MP/s, median {medians[-1]:.2f} MP/s")
     if len(versions) == 2:
-        medians = [sorted(r["rgb_mp_per_s"] for r in rows if r["code"] == v)[args.repeats // 2] for v, _, _ in versions]
         summary.append(f"ratio of the medians (this checkout / {args.old_commit}): {medians[0] / medians[1]:.2f}x")
     text = (
         f"`{' '.join(['async-nerf-partition', args.method, '--data', 'D'])}` on {args.num_rgb} frames of "
