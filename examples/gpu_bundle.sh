@@ -37,6 +37,13 @@ ABI=cp${PYTHON_VERSION/./}
 FAILED=()
 while read -r requirement; do
   case "$requirement" in ''|'#'*) continue ;; esac
+  case "$requirement" in
+    *==*) ;;
+    *)  # the version this venv has (the one the CPU suite tested)
+      installed=$("$PY" -c "import sys; from importlib.metadata import version; print(version(sys.argv[1]))" "$requirement" 2>/dev/null) || {
+        FAILED+=("$requirement: not installed in $PY's environment (run scripts/setup.sh first)"); continue; }
+      requirement="$requirement==$installed" ;;
+  esac
   if ! "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" \
       --implementation cp --abi "$ABI" --abi abi3 --abi none "${PLATFORMS[@]}" -d "$OUT" "$requirement" >/dev/null 2>"$OUT/.error"; then
     FAILED+=("$requirement: $(grep -m1 ERROR "$OUT/.error" || tail -n 1 "$OUT/.error")")
