@@ -28,8 +28,9 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 say() { echo "[gpu_bundle] $*"; }
 
-rm -rf "$OUT"
+# Only earlier wheels are removed: DIR may be a folder with other things in it.
 mkdir -p "$OUT"
+rm -f "$OUT"/*.whl
 # pip matches manylinux tags exactly: name every glibc level a wheel may be tagged with.
 PLATFORMS=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 for n in 17 24 27 28 31 34 35 39; do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
@@ -73,9 +74,10 @@ fi
 case "$(cd "$OUT" && pwd)" in
   "$(pwd)"/*)
     ENTRY="/$(realpath --relative-to=. "$OUT")/"
-    if [ -d .git ] && ! grep -qxF "$ENTRY" .git/info/exclude 2>/dev/null; then
-      mkdir -p .git/info && echo "$ENTRY" >> .git/info/exclude
-      say "added $ENTRY to .git/info/exclude"
+    EXCLUDE=$(git rev-parse --git-path info/exclude 2>/dev/null || true)  # also in a git worktree
+    if [ -n "$EXCLUDE" ] && ! grep -qxF "$ENTRY" "$EXCLUDE" 2>/dev/null; then
+      mkdir -p "$(dirname "$EXCLUDE")" && echo "$ENTRY" >> "$EXCLUDE"
+      say "added $ENTRY to $EXCLUDE"
     fi
     ;;
 esac
