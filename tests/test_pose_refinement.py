@@ -65,7 +65,7 @@ def refine(rig: RigPoseOptimizer, parameters, lr: float, origins, directions, fr
         optimizer.step()
 
 
-def test_depth_pose_refinement_removes_most_of_a_3_degree_10_cm_error():
+def test_depth_pose_refinement_removes_a_3_degree_10_cm_error_to_a_millimetre():
     torch.manual_seed(0)
     gt = look_at([0.2, 0.1, 1.5], [2.0, 2.0, 0.3])
     origins, directions = rays(gt)
@@ -86,9 +86,12 @@ def test_depth_pose_refinement_removes_most_of_a_3_degree_10_cm_error():
     with torch.no_grad():
         refined = rig.corrected_depth_poses(perturbed[None])
     after = pose_errors(refined, gt[None], 1.0)
-    # Measured: 0.10 m / 3.0 deg before; after 300 steps below 1 mm and 0.1 deg.
-    assert after["translation_m"]["mean"] < 0.5 * before["translation_m"]["mean"]
-    assert after["rotation_deg"]["mean"] < 0.5 * before["rotation_deg"]["mean"]
+    # Measured: 0.100 m / 3.00 deg before; after 300 steps 1.01 mm / 0.046 deg (the same with 1 and 2
+    # threads and on reruns: nothing here is random). Bounds 3x the measurement: 3 mm and 0.15 deg, a
+    # 33x and 20x reduction that a refinement which only halves the error fails.
+    assert before["translation_m"]["mean"] > 0.099 and before["rotation_deg"]["mean"] > 2.99
+    assert after["translation_m"]["mean"] < 3e-3
+    assert after["rotation_deg"]["mean"] < 0.15
 
 
 def _trajectory(times: torch.Tensor) -> torch.Tensor:
@@ -142,8 +145,11 @@ def test_tpf_finetuning_through_the_depth_loss_moves_held_out_depth_frames_too()
         assert torch.allclose(refined, tpf.poses(depth_times.double().numpy()), atol=1e-5)
     trained_before, trained_after = pose_errors(stage1[train], gt[train], 1.0), pose_errors(refined[train], gt[train], 1.0)
     after = pose_errors(refined[held_out], gt[held_out], 1.0)
-    # ... and the frames never supervised moved with them. Measured: held-out frames 0.081 m / 2.0 deg
-    # before, 0.1 mm / 0.02 deg after 300 steps (trained frames the same).
-    assert trained_after["translation_m"]["mean"] < 0.5 * trained_before["translation_m"]["mean"]
-    assert after["translation_m"]["mean"] < 0.5 * before["translation_m"]["mean"]
-    assert after["rotation_deg"]["mean"] < 0.5 * before["rotation_deg"]["mean"]
+    # ... and the frames never supervised moved with them. Measured: trained and held-out frames 0.081 m /
+    # 2.0 deg before; after 300 steps trained 0.27 mm / 0.026 deg, held-out 0.28 mm / 0.026 deg with one
+    # thread (0.14 mm / 0.027 deg with two; no seed matters). Bounds 1 mm and 0.1 deg (>= 3.5x margin).
+    assert trained_before["translation_m"]["mean"] > 0.08 and before["translation_m"]["mean"] > 0.08
+    assert trained_after["translation_m"]["mean"] < 1e-3
+    assert trained_after["rotation_deg"]["mean"] < 0.1
+    assert after["translation_m"]["mean"] < 1e-3
+    assert after["rotation_deg"]["mean"] < 0.1
