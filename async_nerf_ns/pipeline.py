@@ -27,6 +27,7 @@ import torch.distributed as dist
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch.cuda.amp.grad_scaler import GradScaler
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -37,6 +38,7 @@ from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY
 from async_nerf_ns.evaluation.appearance import LeftHalfFitted
 from async_nerf_ns.evaluation.depth import evaluate_depth_frames
 from async_nerf_ns.evaluation.poses import flat_pose_errors
+from async_nerf_ns.model.implementation import checkpoint_implementation, mismatch_message
 from async_nerf_ns.model.model import AsyncNerfModelConfig
 from async_nerf_ns.model.param_groups import TPF_GROUP, group_cell
 from async_nerf_ns.partition.geometry import PartitionGeometry
@@ -115,19 +117,9 @@ class AsyncNerfPipeline(VanillaPipeline):
             if self.tpf is not None:
                 self.tpf = copy.deepcopy(self.tpf).to(device)
                 self._set_stage1_tpf(copy.deepcopy(self.tpf))
-        self._model = config.model.setup(
-            scene_box=data.train_dataset.scene_box,
-            num_train_data=len(data.train_dataset),
-            metadata=data.train_dataset.metadata,
-            device=device,
-            grad_scaler=grad_scaler,
-            centroids=self.geometry.centroids,
-            num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
-            depth_pose_source=config.datamanager.depth_poses,
-            depth_trajectory=self.tpf_corrections,
-            cell_training_pixels=data.cell_training_pixels(),
-        )
-        self.model.to(device)
+        self._grad_scaler = grad_scaler
+        self._device = device
+        self._model = self._build_model()
         self.partition = PartitionView(
             self, config.datamanager.partition.boundary_margin, config.viewer_max_depth_frustums, config.viewer_refresh_steps
         )
@@ -136,6 +128,39 @@ class AsyncNerfPipeline(VanillaPipeline):
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))
             dist.barrier(device_ids=[local_rank])
+
+    def _build_model(self) -> Model:
+        """The model, from the config and what the datamanager found, on the pipeline's device."""
+        data = self.datamanager
+        model = self.config.model.setup(
+            scene_box=data.train_dataset.scene_box,
+            num_train_data=len(data.train_dataset),
+            metadata=data.train_dataset.metadata,
+            device=self._device,
+            grad_scaler=self._grad_scaler,
+            centroids=self.geometry.centroids,
+            num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
+            depth_pose_source=self.config.datamanager.depth_poses,
+            depth_trajectory=self.tpf_corrections,
+            cell_training_pixels=data.cell_training_pixels(),
+        )
+        return model.to(self._device)
+
+    def _match_field_implementation(self, loaded_state: Dict[str, torch.Tensor]) -> None:
+        """Rebuilds the fields as the checkpoint holds them when they differ from the config's (a run whose
+        config.yml says tcnn but whose fields are torch's, written before the implementation was resolved),
+        for ns-eval, ns-render and the viewer; raises a clear error where that cannot be done here."""
+        prefix = "_model.cells."
+        saved = checkpoint_implementation(loaded_state, prefix)
+        built = checkpoint_implementation(self.state_dict(), prefix)
+        if saved == built:
+            return
+        hint = f"config.yml: pipeline.model.implementation is {self.config.model.implementation!r}"
+        if saved == "tcnn" or self.test_mode == "val":  # tcnn weights need tinycudann; training holds optimisers
+            raise RuntimeError(mismatch_message(hint, saved, built))
+        CONSOLE.print(f"[yellow]The checkpoint holds torch fields ({hint}): building torch fields to load it.")
+        self.config.model.implementation = "torch"
+        self._model = self._build_model()
 
     @staticmethod
     def _cell_mask(cells: List[int], num_cells: int) -> torch.Tensor:
@@ -174,7 +199,7 @@ class AsyncNerfPipeline(VanillaPipeline):
         # the batches: a run resumed at step s continues exactly as the uninterrupted one.
         torch.manual_seed(hash((self.config.datamanager.sampling_seed, step)) & 0x7FFFFFFF)
         ray_bundle, batch = self.datamanager.next_train(step)
-        model_outputs = self._model(ray_bundle, cell=batch[CELL_BATCH_KEY])
+        model_outputs = self._model(ray_bundle, cell=batch[CELL_BATCH_KEY], num_rgb=len(batch["image"]))
         metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
         loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
         return model_outputs, loss_dict, metrics_dict
@@ -265,6 +290,7 @@ class AsyncNerfPipeline(VanillaPipeline):
             if key not in loaded_state and any(fnmatch.fnmatchcase(key, p) for p in KEYS_ADDED_SINCE_4D66AAC):
                 # A run trained before these existed: no clock offset was applied.
                 loaded_state[key] = self._offset_table({}) if key == TIME_OFFSETS_KEY else own[key]
+        self._match_field_implementation(loaded_state)
         self.tpf = self._saved_tpf(self.tpf, loaded_state, "tpf.")
         stage1 = self._saved_tpf(self.stage1_tpf, loaded_state, "stage1_tpf.")
         if stage1 is not None:

@@ -198,7 +198,7 @@ def write_assembled_run(
     config.pipeline.datamanager.cells = None
     config.load_dir, config.load_step, config.load_checkpoint = None, None, None
     base = config.get_base_dir()
-    config.save_config()
+    config.save_config(resolve_fields=False)  # the cells' implementation, decided on their nodes
     name = checkpoint_name(step)
     atomic_torch_save(
         {"step": int(step), "pipeline": dict(state), "optimizers": {}, "schedulers": {}, "scalers": {}},

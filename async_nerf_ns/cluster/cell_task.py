@@ -54,6 +54,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from async_nerf_ns.engine.trainer import AsyncNerfTrainer
 from async_nerf_ns.files.atomic import write_json_atomic
 from async_nerf_ns.files.checkpoints import checkpoint_step, newest_loadable_checkpoint
+from async_nerf_ns.model.implementation import tcnn_importable
 from async_nerf_ns.files.run_folder import ATTEMPTS, CELLS_DIR, DONE, LOCK, LOG, PROGRESS, RUN_CONFIG, UNLOADABLE, cell_dir
 
 IMPLEMENTATION = "cell_implementation.json"
@@ -96,13 +97,6 @@ def cell_config(run_config: TrainerConfig, run_dir: Path, k: int, device: str) -
 def task_device(gpus: float) -> str:
     """CUDA when the task was given a GPU and CUDA works on its node, else the CPU."""
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-
-
-def tcnn_importable() -> bool:
-    """Whether tiny-cuda-nn imports in this process (nerfstudio's own probe)."""
-    from nerfstudio.utils.external import TCNN_EXISTS
-
-    return bool(TCNN_EXISTS)
 
 
 def run_implementation(run_dir: Path, given: Optional[str], proposal: Dict[str, Any]) -> Dict[str, Any]:

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
-from nerfstudio.model_components.ray_generators import RayGenerator
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
 from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks, frame_time_offsets, ray_distance
+from async_nerf_ns.data.ray_generator import PinholeRayGenerator, training_ray_generator
 from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.data.scene_metadata import DepthTrackData
 from async_nerf_ns.files.cache_dir import cache_dir
@@ -49,6 +49,11 @@ from async_nerf_ns.trajectory.timed_poses import nearest_in_time
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
 DepthPoseSource = Literal["tpf", "prior", "gt"]
+
+POSE_TOLERANCE = 1e-6
+"""Depth-frame poses that differ from the ones in use by at most this (scene units, and rotation matrix
+entries) are the same poses: a TPF evaluated on another device, or rebuilt from a checkpoint, differs by
+float rounding (~1e-7), which must not rebuild the rays or rewrite the depth shards."""
 
 UNUSED_OPTIONS = ("train_num_images_to_sample_from", "train_num_times_to_repeat_images", "patch_size")
 """VanillaDataManagerConfig options that training here does not use (it samples per-cell shards,
@@ -202,7 +207,7 @@ class AsyncNerfDataManager(VanillaDataManager):
         """The partition, the ray generator and the training batches; for training (val mode) also
         stage 1 and the depth rays. ns-eval and ns-export (test mode) get the RGB batches only."""
         self._set_up_partition()
-        self.train_ray_generator = RayGenerator(self.train_dataset.cameras.to(self.device))
+        self.train_ray_generator = training_ray_generator(self.train_dataset.cameras.to(self.device))
         self._widths = self.train_dataset.cameras.width[:, 0].to(self.device)
         self._colour_shifts = torch.tensor([0, 8, 16], dtype=torch.int32, device=self.device)
         if self.test_mode == "val" and self.depth_track is not None:
@@ -291,13 +296,19 @@ class AsyncNerfDataManager(VanillaDataManager):
 
     # --- depth frames and their poses ------------------------------------------------------------
     def set_depth_poses(self, c2w: Tensor) -> None:
-        """The poses the training depth frames are used at (stage 1's); a change re-selects their shards."""
+        """The poses the training depth frames are used at (stage 1's); a change (beyond POSE_TOLERANCE)
+        moves their rays and re-selects their shards. Set-up time: compares on the host."""
         assert self.depth_track is not None
-        if self.depth_frames is not None and torch.equal(self.depth_frames.c2w, c2w):
+        c2w = c2w.detach().cpu()
+        if self.depth_frames is not None and torch.allclose(self.depth_frames.c2w, c2w, rtol=0.0, atol=POSE_TOLERANCE):
             return
         frames = DepthFrameSet(self.depth_track, c2w, self.scene.pose_scale_factor)
         self.depth_frames = frames
-        self._depth_ray_generator = RayGenerator(frames.cameras.to(self.device))
+        generator = getattr(self, "_depth_ray_generator", None)
+        if isinstance(generator, PinholeRayGenerator):
+            generator.set_poses(frames.c2w.to(generator.c2w.device))  # stays on the device it was moved to
+        else:
+            self._depth_ray_generator = training_ray_generator(frames.cameras).to(self.device)
         self._depth_widths = frames.track.widths.to(self.device)
         nearest = nearest_in_time(frames.timestamps.numpy(), self.scene.rgb_timestamps.numpy())
         self._depth_appearance_index = torch.from_numpy(nearest).long().to(self.device)

@@ -24,6 +24,7 @@ from async_nerf_ns.files.checkpoints import (
     to_plain_python,
 )
 from async_nerf_ns.engine.optimizers import CellOptimizers
+from async_nerf_ns.model.implementation import resolve_implementation
 
 
 @dataclass
@@ -34,6 +35,20 @@ class AsyncNerfTrainerConfig(TrainerConfig):
     keep_checkpoints: int = 1
     """With save_only_latest_checkpoint: how many of the newest checkpoints to keep. 2 or more leaves one
     to fall back to when the newest cannot be read (a disk or copy that cut it short)."""
+
+    def save_config(self, resolve_fields: bool = True) -> None:
+        """Writes config.yml, with the field implementation this machine really builds (``resolve_fields``;
+        nerfstudio would build torch fields under a config that says tcnn where tinycudann is missing), so
+        that ns-eval, ns-render and a resume on another machine build the fields the checkpoint holds.
+        A config whose implementation was decided elsewhere (an assembled cluster run) passes False."""
+        if resolve_fields:
+            model = self.pipeline.model
+            resolved = resolve_implementation(model.implementation, self.machine.device_type)
+            if resolved != model.implementation:
+                CONSOLE.print(f"[yellow]Field implementation: {resolved} (asked for {model.implementation}, which "
+                              f"{'needs CUDA' if self.machine.device_type != 'cuda' else 'needs tinycudann'} here)")
+                model.implementation = resolved
+        super().save_config()
 
 
 class AsyncNerfTrainer(Trainer):

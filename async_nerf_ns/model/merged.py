@@ -30,15 +30,28 @@ from async_nerf_ns.model.cells import CellSampler
 from async_nerf_ns.partition.routing import route_to_cells
 
 
-def _scatter_by_cell(cell_ids: Tensor, num_items: int, evaluate: Callable[[int, Tensor], Dict]) -> Dict:
-    """Evaluate each cell on the flat indices routed to it and scatter the outputs into full tensors."""
+def _scatter_by_cell(cell_ids: Tensor, num_cells: int, evaluate: Callable[[int, Tensor], Dict]) -> Dict:
+    """Evaluate each cell on the flat indices routed to it and put the outputs back in the items' order.
+
+    One sort groups the items by cell, and one read of the groups' bounds (``searchsorted`` over the
+    sorted ids, then ``tolist``) is the call's only wait for the device, whatever the number of cells: a
+    cell's group is a slice of the order. (A loop of ``nonzero(cell_ids == k)`` waits once per cell, and
+    ``bincount`` would wait for its own output size before the bounds are read.)
+    """
+    order = torch.argsort(cell_ids, stable=True)
+    boundaries = torch.arange(num_cells + 1, device=cell_ids.device, dtype=cell_ids.dtype)
+    bounds = torch.searchsorted(cell_ids[order], boundaries).tolist()
+    parts: Dict[str, List[Tensor]] = {}
+    for cell in range(num_cells):
+        start, end = bounds[cell], bounds[cell + 1]
+        if start == end:
+            continue
+        for name, value in evaluate(cell, order[start:end]).items():
+            parts.setdefault(name, []).append(value)
     merged: Dict = {}
-    for cell in torch.unique(cell_ids).tolist():
-        index = torch.nonzero(cell_ids == cell, as_tuple=True)[0]
-        for name, value in evaluate(cell, index).items():
-            if name not in merged:
-                merged[name] = value.new_zeros((num_items, *value.shape[1:]))
-            merged[name] = merged[name].index_copy(0, index, value.to(merged[name].dtype))
+    for name, values in parts.items():
+        grouped = torch.cat([v.to(values[0].dtype) for v in values]) if len(values) > 1 else values[0]
+        merged[name] = torch.empty_like(grouped).index_copy_(0, order, grouped)
     return merged
 
 
@@ -70,9 +83,11 @@ class ViewMode:
 class CellRouter:
     """The cells, their centroids, and which cell renders now (None: all, merged)."""
 
-    def __init__(self, cells: nn.ModuleList, centroids: Tensor, merged_sampler: CellSampler) -> None:
+    def __init__(self, cells: nn.ModuleList, centroids: Callable[[], Tensor], merged_sampler: CellSampler) -> None:
         self.cells = cells
-        self.centroids = centroids
+        self._centroids = centroids
+        """Reads the owner's centroids buffer at each call: ``.to(device)`` and ``load_state_dict`` replace
+        or fill it, and a copy kept here would go stale (and be copied to the device on every call)."""
         self.merged_sampler = merged_sampler
         self.only: Optional[int] = None
         self.view = ViewMode()
@@ -92,6 +107,10 @@ class CellRouter:
             yield
         finally:
             self.only = previous
+
+    @property
+    def centroids(self) -> Tensor:
+        return self._centroids()
 
     def cell_ids(self, positions: Tensor) -> Tensor:
         return route_to_cells(positions.detach(), self.centroids)
@@ -115,7 +134,7 @@ class MergedField:
         def evaluate(cell: int, index: Tensor) -> Dict:
             return cells[cell].field.forward(flat[index], compute_normals=compute_normals)
 
-        merged = _scatter_by_cell(cell_ids, len(flat), evaluate)
+        merged = _scatter_by_cell(cell_ids, len(cells), evaluate)
         if mode.only_cell is not None:
             density = merged[FieldHeadNames.DENSITY]
             merged[FieldHeadNames.DENSITY] = torch.where((cell_ids == mode.only_cell)[:, None], density, torch.zeros_like(density))
@@ -148,7 +167,7 @@ def _routed_density(
         cell_times = None if flat_times is None else flat_times[index]
         return {"density": fns[cell](flat[index], cell_times)}
 
-    density = _scatter_by_cell(cell_ids, flat.shape[0], evaluate)["density"]
+    density = _scatter_by_cell(cell_ids, len(fns), evaluate)["density"]
     if only_cell is not None:  # the proposal samplers put their samples into that cell too
         density = torch.where((cell_ids == only_cell)[:, None], density, torch.zeros_like(density))
     return density.reshape(*shape, *density.shape[1:])

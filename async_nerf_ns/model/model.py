@@ -148,7 +148,7 @@ class AsyncNerfModel(NerfactoModel):
             for cell, counts in zip(self.cells, torch.as_tensor(pixels, dtype=torch.long)):
                 cell.training_pixels.copy_(counts)
         self.register_buffer("centroids", centroids.clone())
-        self.router = CellRouter(self.cells, self.centroids, merged_sampler)
+        self.router = CellRouter(self.cells, lambda: self.centroids, merged_sampler)
         self.field = MergedField(self.router)  # type: ignore[assignment]
         self.density_fns = [MergedDensityFn(self.router, i) for i in range(self.config.num_proposal_iterations)]
         self.proposal_sampler = RoutedSampler(self.router)  # type: ignore[assignment]
@@ -184,8 +184,10 @@ class AsyncNerfModel(NerfactoModel):
         return len(self.cells)
 
     # --- rendering -------------------------------------------------------------------------------
-    def forward(self, ray_bundle: RayBundle, cell: Optional[int] = None):  # type: ignore[override]
-        """nerfacto's rendering by ``cell`` alone (a training batch of that cell), else merged.
+    def forward(self, ray_bundle: RayBundle, cell: Optional[int] = None, num_rgb: Optional[int] = None):  # type: ignore[override]
+        """nerfacto's rendering by ``cell`` alone (a training batch of that cell), else merged. ``num_rgb``:
+        a training batch's RGB rays come first, its depth rays from this index on (None: told apart by
+        their depth-frame index alone).
 
         A training batch advances the cell's clock and runs nerfacto's schedule callbacks on it
         before and after rendering, as nerfstudio's trainer runs them around a step.
@@ -204,7 +206,7 @@ class AsyncNerfModel(NerfactoModel):
         # Stage 3 starts on the cell's own clock, like its schedules: a 4x4 grid does not start refining
         # depth poses when each cell has had 1/16 of the start step.
         self.camera_optimizer.depth_active = step > self.config.depth_pose_refine_start
-        with self.router.rendering(cell):
+        with self.router.rendering(cell), self.camera_optimizer.depth_rays_from(num_rgb):
             self._run_schedule(TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, step)
             outputs = self.get_outputs(ray_bundle)
             self._run_schedule(TrainingCallbackLocation.AFTER_TRAIN_ITERATION, step)

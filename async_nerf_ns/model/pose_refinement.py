@@ -17,7 +17,8 @@ index lists: no host synchronisation, and no mixed-dtype ``index_copy`` (which C
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+import contextlib
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
@@ -61,6 +62,8 @@ class RigPoseOptimizer(nn.Module):
         self.depth_active = False
         """Set by the model on each training batch: whether the batch's cell is in stage 3."""
         self.trajectory = trajectory
+        self._first_depth_ray: Optional[int] = None
+        """Set within ``depth_rays_from``: where a training batch's depth rays start."""
         """Depth-frame indices -> 3x4 corrections from the stage-1 poses to the fine-tuned TPF's, when
         the pipeline fine-tunes the TPF (owned by the pipeline, which saves the TPF under ``tpf.*``)."""
 
@@ -72,6 +75,16 @@ class RigPoseOptimizer(nn.Module):
         if self.depth.config.mode != "off":
             corrections.append(self.depth)
         return corrections
+
+    @contextlib.contextmanager
+    def depth_rays_from(self, first: Optional[int]) -> Iterator[None]:
+        """Within the block, the bundles' depth rays are those from index ``first`` on (a training batch:
+        RGB rays, then depth rays): only they are corrected, so the TPF is evaluated for them alone."""
+        previous, self._first_depth_ray = self._first_depth_ray, first
+        try:
+            yield
+        finally:
+            self._first_depth_ray = previous
 
     def apply_to_raybundle(self, ray_bundle: RayBundle) -> None:
         depth_frame = ray_bundle.metadata.get(DEPTH_FRAME_KEY)
@@ -92,12 +105,20 @@ class RigPoseOptimizer(nn.Module):
                     new_directions = torch.where(is_depth, directions, corrected[1])
             if depth_corrections:
                 assert depth_frame is not None and is_depth is not None
-                frames = depth_frame[..., 0].clamp(min=0)  # RGB rays (-1) compute a correction that is dropped
-                o, d = origins, directions
-                for corrections in depth_corrections:
-                    o, d = _apply(corrections(frames), o, d)
-                new_origins = torch.where(is_depth, o, new_origins)
-                new_directions = torch.where(is_depth, d, new_directions)
+                first = self._first_depth_ray
+                if first is not None:  # the tail of the batch: corrected alone, RGB rays untouched
+                    o, d = origins[first:], directions[first:]
+                    for corrections in depth_corrections:
+                        o, d = _apply(corrections(depth_frame[first:, 0]), o, d)
+                    new_origins = torch.cat([new_origins[:first], o])
+                    new_directions = torch.cat([new_directions[:first], d])
+                else:
+                    frames = depth_frame[..., 0].clamp(min=0)  # RGB rays (-1) compute a correction that is dropped
+                    o, d = origins, directions
+                    for corrections in depth_corrections:
+                        o, d = _apply(corrections(frames), o, d)
+                    new_origins = torch.where(is_depth, o, new_origins)
+                    new_directions = torch.where(is_depth, d, new_directions)
         ray_bundle.origins, ray_bundle.directions = new_origins, new_directions
 
     def apply_to_camera(self, camera: Cameras) -> Tensor:

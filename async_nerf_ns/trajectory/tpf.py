@@ -239,9 +239,11 @@ class FittedTPF(nn.Module):
             return torch.cat([rotation, translation.float().unsqueeze(-1)], dim=-1)
 
     def _extrapolate(self, normalised: Tensor, rotation: Tensor, translation: Tensor) -> Tuple[Tensor, Tensor]:
-        """Constant-velocity continuation outside [0, 1], selected with torch.where (no host sync)."""
+        """Constant-velocity continuation outside [0, 1], selected with torch.where (no wait for the device)."""
         steps = self.end_steps.to(torch.float32)
-        ends = torch.stack([steps.new_tensor(0.0), steps.new_tensor(1.0), steps[0], 1.0 - steps[1]])
+        # The times 0 and 1 made from the steps on their device: new_tensor(0.0) would be a blocking copy.
+        zero = steps[0] * 0.0
+        ends = torch.stack([zero, zero + 1.0, steps[0], 1.0 - steps[1]])
         end_rotation, end_translation = self.network(ends)
         for outside, end, inner, step in ((normalised < 0.0, 0, 2, steps[0]), (normalised > 1.0, 1, 3, steps[1])):
             # Number of end intervals beyond the end, and the motion over one interval.
