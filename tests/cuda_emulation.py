@@ -93,7 +93,7 @@ class Ledger:
 _ledger: Optional[Ledger] = None
 
 # Frames that are machinery between a caller and the operation, not the caller.
-_MACHINERY = ("torch/utils/_python_dispatch.py", "torch/_dynamo/", "torch/_compile.py", "torch/overrides.py", "torch/_tensor.py", "torch/utils/_pytree.py",
+_MACHINERY = ("torch/utils/_python_dispatch.py", "torch/_dynamo/", "torch/_compile.py", "torch/functional.py", "torch/_jit_internal.py", "torch/overrides.py", "torch/_tensor.py", "torch/utils/_pytree.py",
               "torch/_ops.py", "torch/nn/modules/module.py", "torch/autograd/", "torch/_tensor_str.py", "contextlib.py")
 
 
@@ -236,6 +236,20 @@ def _mixing_error(func, device: List[torch.Tensor], host: List[torch.Tensor]) ->
     )
 
 
+def _check_source_dtype(name: str, args, kwargs) -> None:
+    position = _SOURCE_ARG.get(name)
+    if position is None:
+        return
+    source = args[position] if len(args) > position else kwargs.get("source", kwargs.get("src", kwargs.get("values")))
+    self = args[0] if args else None
+    if (isinstance(self, torch.Tensor) and isinstance(source, torch.Tensor) and source.is_floating_point()
+            and source.dtype != self.dtype):
+        raise EmulatedCudaError(
+            f"{name}(): self and source expected to have the same dtype, but got (self) {self.dtype} and "
+            f"(source) {source.dtype} (emulated CUDA)"
+        )
+
+
 def _check(func, args, kwargs) -> None:
     name = func._schema.name.split("::")[-1]
     flat, _ = tree_flatten((args, kwargs))
@@ -265,14 +279,7 @@ def _check(func, args, kwargs) -> None:
         in_place = name.endswith("_") and isinstance(first, torch.Tensor) and not _is_device(first)
         if in_place or any(t.dim() > 0 for t in host):
             raise _mixing_error(func, device, [t for t in host if t.dim() > 0 or t is first])
-    position = _SOURCE_ARG.get(name)
-    if position is not None and len(args) > position:
-        self, source = args[0], args[position]
-        if isinstance(source, torch.Tensor) and source.is_floating_point() and source.dtype != self.dtype:
-            raise EmulatedCudaError(
-                f"{name}(): self and source expected to have the same dtype, but got (self) {self.dtype} and "
-                f"(source) {source.dtype} (emulated CUDA)"
-            )
+    _check_source_dtype(name, args, kwargs)
     kind = WAITING_OPS.get(func)
     if kind is not None:
         _record(kind)
@@ -374,6 +381,9 @@ class _FunctionMode(TorchFunctionMode):
         args = tuple(_normalise(a) for a in args)
         kwargs = {k: _normalise(v) for k, v in kwargs.items()}
         first = args[0] if args else None
+        # Checked before autocast, which on the CPU promotes these (CUDA's autocast does not, and raises).
+        if _is_device(first):
+            _check_source_dtype(getattr(func, "__name__", ""), args, kwargs)
         if func in (torch.Tensor.numpy, torch.Tensor.__array__) and _is_device(first):
             raise TypeError(
                 "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host "
