@@ -25,6 +25,7 @@ from PIL import Image
 
 import torch
 
+from async_nerf_ns.model.lpips import alexnet_weights_path
 from conftest import run_command, venv_env
 from small_disk import small_disk  # noqa: F401 (fixture)
 from viser_client import markdown_of, viewer_messages
@@ -91,7 +92,12 @@ def test_eval_reports_image_metrics_well_above_a_constant_image(trained_config: 
     # 400 steps shared by 4 cells (100 each): measured 22.8 dB on val frames, against 15.6 dB for the
     # best constant image (the town is mostly grey and green); a broken merge or routing gives < 15.
     assert results["psnr"] > baseline + 5.0, (results["psnr"], baseline)
-    assert 0.0 < results["ssim"] <= 1.0
+    # SSIM measured 0.526 (the constant image: 0.204; the val frames blurred by a 5x5 box: 0.502);
+    # floor 0.40, 0.13 under the measurement and 0.20 over the constant image.
+    assert results["ssim"] > 0.40, results["ssim"]
+    # LPIPS exactly when its AlexNet weights are on disk (model/lpips.py); none here, so no value of it
+    # was measured and only its range is checked where it is reported.
+    assert ("lpips" in results) == alexnet_weights_path().exists(), sorted(results)
     assert "lpips" not in results or 0.0 <= results["lpips"] <= 1.0
     # Depth of val frames (at their GT poses) and pose errors of depth frames per source, in metres.
     # Measured at this budget: depth RMSE 7.4 m, delta<1.25 0.96 (an untrained field is ~60 m off).
