@@ -17,6 +17,7 @@ the bag's receive time; depth frames keep their own stamps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -77,6 +78,10 @@ MAX_DEFAULT_WORKERS = 8
 """--workers 0 means one writer thread per CPU core, up to this many."""
 DISTORTION_TOLERANCE = 1e-6
 """CameraInfo distortion coefficients below this are taken as zero (no warning)."""
+ZERO_STAMP = "has header stamp 0 (its driver does not set stamps); pass --stamp receive to use the bag's receive times"
+"""A frame's error, with header stamps, where its driver left them 0 (convert_bag)."""
+ZERO_STAMP_SHORT = "has header stamp 0; pass --stamp receive"
+"""The same error in extract_frames."""
 
 
 @dataclass
@@ -196,16 +201,10 @@ class _Plan:
     tf_topics: Tuple[str, ...] = ()
 
 
-def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) -> _Plan:
-    _check_track_names(config, bag)
-    source = _pose_source(config)
-    _check_topic(topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
-    rgb = _Stream("rgb", config.rgb_topic, topics[config.rgb_topic].msgtype, topics[config.rgb_topic].msgcount,
-                  frames / "rgb")
-    depth = {}
-    for track, topic in config.depth_topic.items():
-        _check_topic(topics, topic, IMAGE_TYPES, f"--depth-topic {track}", bag)
-        depth[track] = _Stream(track, topic, topics[topic].msgtype, topics[topic].msgcount, frames / f"depth_{track}")
+def _info_topics(
+    config: BagConfig, bag: Path, topics: Dict[str, Any], rgb: _Stream, depth: Dict[str, _Stream]
+) -> Dict[str, str]:
+    """stream name -> its CameraInfo topic (given, or beside its image topic), for streams without intrinsics."""
     info_topics = {}
     for stream in [rgb, *depth.values()]:
         is_rgb = stream is rgb
@@ -221,7 +220,20 @@ def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) ->
                                f"{'--rgb-intrinsics' if is_rgb else '--depth-intrinsics ' + stream.name} fx fy cx cy")
         _check_topic(topics, topic, (CAMERA_INFO,), flag, bag)
         info_topics[stream.name] = topic
-    plan = _Plan(rgb=rgb, depth=depth, info_topics=info_topics)
+    return info_topics
+
+
+def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) -> _Plan:
+    _check_track_names(config, bag)
+    source = _pose_source(config)
+    _check_topic(topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
+    rgb = _Stream("rgb", config.rgb_topic, topics[config.rgb_topic].msgtype, topics[config.rgb_topic].msgcount,
+                  frames / "rgb")
+    depth = {}
+    for track, topic in config.depth_topic.items():
+        _check_topic(topics, topic, IMAGE_TYPES, f"--depth-topic {track}", bag)
+        depth[track] = _Stream(track, topic, topics[topic].msgtype, topics[topic].msgcount, frames / f"depth_{track}")
+    plan = _Plan(rgb=rgb, depth=depth, info_topics=_info_topics(config, bag, topics, rgb, depth))
     if source == "--pose-topic":
         _check_topic(topics, config.pose_topic, POSE_TYPES, "--pose-topic", bag)
         plan.pose_topic = config.pose_topic
@@ -309,10 +321,8 @@ class _Writers:
             self.pending.popleft()[0].result()
 
     def _run(self, work: Callable[[], None], where: str, done: Callable[[], None]) -> None:
-        try:
+        with _message_errors(self.bag, where):  # e.g. a colour conversion rosbags-image does not have
             work()
-        except MessageError as error:  # e.g. a colour conversion rosbags-image does not have
-            raise RawDataError(self.bag, f"{where}: {error}; nothing was written") from error
         done()
 
     def finish(self) -> None:
@@ -373,6 +383,16 @@ class _Journal:
         self.file.close()
 
 
+class _NoJournal:
+    """extract_frames resumes nothing: no frame to restore, none to record."""
+
+    def restore(self, stream: _Stream, stamp: int, bag: Path) -> bool:
+        return False
+
+    def add(self, stream: _Stream, stamp: int) -> None:
+        pass
+
+
 def _progress(total: int, show: bool):
     if not show:
         return None
@@ -385,6 +405,111 @@ def _progress(total: int, show: bool):
     return lambda: progress.advance(task), progress.stop
 
 
+@dataclass
+class _BagMessage:
+    """One message of the pass, deserialised."""
+
+    topic: str
+    msgtype: str
+    message: Any
+    receive_ns: int
+    """The bag's receive time."""
+    use_receive: bool
+    """--stamp receive: the receive time stands for every stamp of the message."""
+    where: str
+    """'topic T (N messages), message I': how errors name the message."""
+
+    def stamp(self, header_ns: Optional[int] = None) -> int:
+        """Its time in ns: the receive time with --stamp receive, else `header_ns` (a TF transform's own stamp)
+        or the message's header stamp."""
+        if self.use_receive:
+            return self.receive_ns
+        return stamp_ns(self.message) if header_ns is None else header_ns
+
+
+def _messages(
+    reader, connections: List[Any], stamp: str, show_progress: bool, skip: Callable[[str], bool] = lambda topic: False,
+    total: Callable[[Any], int] = lambda connection: connection.msgcount,
+) -> Generator[_BagMessage, None, None]:
+    """The messages of `connections` in the bag's order, numbered per topic (`total(connection)`: the count
+    named beside the number), under a progress bar when shown. A message of a topic that `skip`s (asked when
+    it comes) is counted but not deserialised."""
+    seen: Dict[str, int] = {}
+    advance, stop = _progress(sum(c.msgcount for c in connections), show_progress) or (None, None)
+    try:
+        for connection, receive_ns, rawdata in reader.messages(connections=connections):
+            topic = connection.topic
+            seen[topic] = seen.get(topic, 0) + 1
+            if advance is not None:
+                advance()
+            if skip(topic):
+                continue
+            where = f"topic {topic} ({total(connection)} messages), message {seen[topic]}"
+            message = reader.deserialize(rawdata, connection.msgtype)
+            yield _BagMessage(topic, connection.msgtype, message, receive_ns, stamp == "receive", where)
+    finally:
+        if stop is not None:
+            stop()
+
+
+@contextlib.contextmanager
+def _message_errors(bag: Path, where: str) -> Iterator[None]:
+    """A message the converter cannot use as the bag's error naming the message; a TF error as --tf's."""
+    try:
+        yield
+    except MessageError as error:
+        raise RawDataError(bag, f"{where}: {error}; nothing was written") from error
+    except TfError as error:
+        raise RawDataError(bag, f"--tf: {error}") from error
+
+
+class _Frames:
+    """Where the pass puts image frames: a frame's stamp is checked; a repeated stamp, or a frame the journal
+    has from an interrupted run, is not written again; the rest is written (encoded on the writer threads)
+    and journaled once on disk."""
+
+    def __init__(self, workers: int, png_compression: int, bag: Path, journal: Union[_Journal, _NoJournal],
+                 zero_stamp: str):
+        self.writers = _Writers(worker_count(workers), bag)
+        self.png_compression, self.bag, self.journal, self.zero_stamp = png_compression, bag, journal, zero_stamp
+
+    def take_all(self, messages: Generator[_BagMessage, None, None], take: Callable[[_BagMessage], None]) -> None:
+        """`take(message)` for each message (its errors named by `_message_errors`), then waits for the writes;
+        the writer threads and the messages' progress bar end however the pass ends."""
+        try:
+            for item in messages:
+                with _message_errors(self.bag, item.where):
+                    take(item)
+            self.writers.finish()
+        finally:
+            self.writers.close()
+            messages.close()
+
+    def take(self, stream: _Stream, item: _BagMessage, write: Callable[..., Optional[Callable[[], None]]]) -> None:
+        """`write`: _write_rgb or _write_depth."""
+        stamp = item.stamp()
+        if stamp <= 0:
+            raise MessageError(self.zero_stamp)
+        if not stream.accept(stamp) or self.journal.restore(stream, stamp, self.bag):
+            return
+        work = write(stream, item.message, stamp, self.bag, self.png_compression)
+        done = partial(self.journal.add, stream, stamp)
+        if work is None:
+            done()
+        else:
+            self.writers.submit(work, item.where, done)
+
+
+def _keep_transforms(tf: TfTree, item: _BagMessage) -> None:
+    for parent, child, stamp, pose in tf_transforms(item.message):
+        tf.add(parent, child, item.stamp(stamp) * 1e-9, pose, static=item.topic == TF_STATIC_TOPIC)
+
+
+def _keep_pose(collected: _Collected, item: _BagMessage) -> None:
+    collected.pose_times.append(item.stamp())
+    collected.pose_matrices.append(pose_matrix(item.message, item.msgtype))
+
+
 def _read_pass(
     reader, plan: _Plan, config: BagConfig, bag: Path, show_progress: bool, journal: _Journal
 ) -> _Collected:
@@ -395,55 +520,25 @@ def _read_pass(
         stream.folder.mkdir(parents=True, exist_ok=True)
     info_by_topic = {topic: name for name, topic in plan.info_topics.items()}
     wanted = set(streams) | set(info_by_topic) | set(plan.tf_topics) | ({plan.pose_topic} if plan.pose_topic else set())
+
+    def info_known(topic: str) -> bool:  # one CameraInfo per camera is enough
+        return topic in info_by_topic and info_by_topic[topic] in collected.infos and topic not in streams
+
+    def take(item: _BagMessage) -> None:
+        if item.topic in plan.tf_topics:
+            _keep_transforms(collected.tf, item)
+            return
+        if item.topic in info_by_topic and info_by_topic[item.topic] not in collected.infos:
+            collected.infos[info_by_topic[item.topic]] = camera_info(item.message)
+        if item.topic == plan.pose_topic:
+            _keep_pose(collected, item)
+        if item.topic in streams:
+            stream = streams[item.topic]
+            frames.take(stream, item, _write_rgb if stream is plan.rgb else _write_depth)
+
+    frames = _Frames(config.workers, config.png_compression, bag, journal, ZERO_STAMP)
     connections = [c for c in reader.connections if c.topic in wanted]
-    seen: Dict[str, int] = {}
-    advance, stop = _progress(sum(c.msgcount for c in connections), show_progress) or (None, None)
-    writers = _Writers(worker_count(config.workers), bag)
-    try:
-        for connection, receive_ns, rawdata in reader.messages(connections=connections):
-            topic = connection.topic
-            seen[topic] = seen.get(topic, 0) + 1
-            where = f"topic {topic} ({connection.msgcount} messages), message {seen[topic]}"
-            if advance is not None:
-                advance()
-            if topic in info_by_topic and info_by_topic[topic] in collected.infos and topic not in streams:
-                continue  # one CameraInfo per camera is enough
-            try:
-                message = reader.deserialize(rawdata, connection.msgtype)
-                if topic in plan.tf_topics:
-                    for parent, child, stamp, pose in tf_transforms(message):
-                        stamp = receive_ns if config.stamp == "receive" else stamp
-                        collected.tf.add(parent, child, stamp * 1e-9, pose, static=topic == TF_STATIC_TOPIC)
-                    continue
-                if topic in info_by_topic and info_by_topic[topic] not in collected.infos:
-                    collected.infos[info_by_topic[topic]] = camera_info(message)
-                if topic == plan.pose_topic:
-                    stamp = receive_ns if config.stamp == "receive" else stamp_ns(message)
-                    collected.pose_times.append(stamp)
-                    collected.pose_matrices.append(pose_matrix(message, connection.msgtype))
-                if topic in streams:
-                    stream = streams[topic]
-                    stamp = receive_ns if config.stamp == "receive" else stamp_ns(message)
-                    if stamp <= 0:
-                        raise MessageError("has header stamp 0 (its driver does not set stamps); pass --stamp receive "
-                                           "to use the bag's receive times")
-                    if stream.accept(stamp) and not journal.restore(stream, stamp, bag):
-                        write = _write_rgb if stream is plan.rgb else _write_depth
-                        work = write(stream, message, stamp, bag, config.png_compression)
-                        done = partial(journal.add, stream, stamp)
-                        if work is None:
-                            done()
-                        else:
-                            writers.submit(work, where, done)
-            except MessageError as error:
-                raise RawDataError(bag, f"{where}: {error}; nothing was written") from error
-            except TfError as error:
-                raise RawDataError(bag, f"--tf: {error}") from error
-        writers.finish()
-    finally:
-        writers.close()
-        if stop is not None:
-            stop()
+    frames.take_all(_messages(reader, connections, config.stamp, show_progress, skip=info_known), take)
     return collected
 
 
@@ -511,7 +606,8 @@ def _out_stream(stream: _Stream, intrinsics: np.ndarray, offset_s: float, depth_
     return OutStream(name=stream.name, size=stream.size, intrinsics=intrinsics, frames=frames, depth_scale=depth_scale)
 
 
-def _stream_notes(stream: _Stream) -> List[str]:
+def _stream_notes(stream: _Stream, stacklevel: int = 3) -> List[str]:
+    """Out-of-order and repeated stamps, warned (`stacklevel`: at the caller of convert_bag/extract_frames)."""
     notes = []
     if stream.backwards:
         notes.append(f"topic {stream.topic}: {stream.backwards} of {stream.count} messages arrived with a stamp "
@@ -520,7 +616,7 @@ def _stream_notes(stream: _Stream) -> List[str]:
         notes.append(f"topic {stream.topic}: {stream.repeated} of {stream.count} messages repeat the stamp of an "
                      "earlier one (kept the first)")
     for note in notes:
-        warnings.warn(ConvertWarning(note), stacklevel=3)
+        warnings.warn(ConvertWarning(note), stacklevel=stacklevel)
     return notes
 
 
@@ -555,6 +651,83 @@ def resumable_folder(config: BagConfig, out: Path, bag: Path) -> Path:
     return out.parent / f".{out.name}.{key}{RESUMABLE_SUFFIX}"
 
 
+def _check_options(config: BagConfig) -> None:
+    check_val_every(config.val_every)
+    if not 0 <= config.png_compression <= 9:
+        raise ValueError(f"--png-compression must be 0..9, got {config.png_compression}")
+
+
+def _read_bag(
+    reader, config: BagConfig, bag: Path, frames_folder: Path, show_progress: bool
+) -> Tuple[_Plan, _Collected]:
+    """Which topic plays which part, then the one pass into the resumable folder; closes the bag."""
+    journal = _Journal(frames_folder)
+    try:
+        plan = _plan(config, bag, reader.topics, frames_folder)
+        return plan, _read_pass(reader, plan, config, bag, show_progress, journal)
+    finally:
+        reader.close()
+        journal.close()
+
+
+def _pass_notes(config: BagConfig, plan: _Plan, frames_folder: Path) -> List[str]:
+    """What the summary says about the pass: the stamps, the frames resumed, out-of-order stamps (warned)."""
+    notes: List[str] = [f"stamps: {'header stamps' if config.stamp == 'header' else 'bag receive times'}"]
+    streams = [plan.rgb, *plan.depth.values()]
+    resumed = sum(stream.resumed for stream in streams)
+    if resumed:
+        notes.append(f"resumed: {resumed} frames were written by an interrupted run ({frames_folder})")
+    for stream in streams:
+        notes += _stream_notes(stream, stacklevel=4)
+    return notes
+
+
+def _pose_rgb_frames(config: BagConfig, plan: _Plan, collected: _Collected, bag: Path, notes: List[str]) -> np.ndarray:
+    """The RGB frames' camera-to-world poses (DRB) from the pose source; frames without one leave the stream."""
+    rgb = plan.rgb
+    stamps = sorted(rgb.frames)
+    times = np.array(stamps, dtype=np.float64) * 1e-9
+    c2w, keep, coverage = _rgb_poses(config, plan, collected, times, [stem_of(s) for s in stamps], bag)
+    if not keep.any():
+        raise RawDataError(bag, f"{coverage.source} gives a pose to none of the {len(stamps)} frames of "
+                           f"{rgb.topic} (frames at {times[0]:.3f}..{times[-1]:.3f} s; --max-pose-gap "
+                           f"{config.max_pose_gap:g} s)")
+    notes.append(coverage.describe())
+    for stamp, kept in zip(stamps, keep):
+        if not kept:
+            rgb.frames.pop(stamp)
+    check_rgb_count(len(rgb.frames), config.val_every, bag)
+    return raw_c2w_to_drb(c2w[keep, :3], config.pose_convention)
+
+
+def _depth_streams(
+    config: BagConfig, plan: _Plan, collected: _Collected, bag: Path, notes: List[str]
+) -> Dict[str, OutStream]:
+    """The depth tracks as written: their intrinsics, and their stamps on the RGB clock."""
+    depth = {}
+    for track, stream in plan.depth.items():
+        offset = float(config.depth_time_offset.get(track, 0.0))
+        if offset:
+            notes.append(f"depth track {track}: {offset * 1e3:+.3f} ms added to its stamps (RGB clock)")
+        intrinsics = _intrinsics(stream, config.depth_intrinsics.get(track), collected, plan, bag, notes)
+        depth[track] = _out_stream(stream, intrinsics, offset, config.depth_scale.get(track))
+    return depth
+
+
+def _write_staged(
+    staged: Path, config: BagConfig, bag: Path, plan: _Plan, collected: _Collected, notes: List[str],
+    show_progress: bool,
+) -> ConversionSummary:
+    """The dataset in the staging folder: RGB frames with a pose, depth tracks, metadata."""
+    rgb_intrinsics = _intrinsics(plan.rgb, config.rgb_intrinsics, collected, plan, bag, notes)
+    rgb_poses_drb = _pose_rgb_frames(config, plan, collected, bag, notes)
+    depth = _depth_streams(config, plan, collected, bag, notes)
+    summary = write_dataset(staged, _out_stream(plan.rgb, rgb_intrinsics, 0.0, None), rgb_poses_drb, depth,
+                            config.val_every, show_progress, bag)
+    summary.notes = notes
+    return summary
+
+
 def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSummary:
     """Convert config.bag into config.out (streaming), validate it with read_layout, and say what was written.
 
@@ -562,9 +735,7 @@ def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSum
     command must change anyway. Any other end (Ctrl-C, a full disk, a killed process) leaves it, and the
     same command then goes on from the frames it holds; a finished conversion removes it.
     """
-    check_val_every(config.val_every)
-    if not 0 <= config.png_compression <= 9:
-        raise ValueError(f"--png-compression must be 0..9, got {config.png_compression}")
+    _check_options(config)
     out = Path(config.out).expanduser().resolve()
     bag = Path(config.bag).expanduser().resolve()
     files_to_replace(out, config.overwrite, TOOL_NAME)  # fail before the work if OUT cannot be replaced
@@ -574,44 +745,9 @@ def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSum
     frames_folder.mkdir(parents=True, exist_ok=True)
     staged = staging_folder(out)
     try:
-        journal = _Journal(frames_folder)
-        try:
-            plan = _plan(config, bag, reader.topics, frames_folder)
-            collected = _read_pass(reader, plan, config, bag, show_progress, journal)
-        finally:
-            reader.close()
-            journal.close()
-        notes: List[str] = [f"stamps: {'header stamps' if config.stamp == 'header' else 'bag receive times'}"]
-        resumed = sum(stream.resumed for stream in [plan.rgb, *plan.depth.values()])
-        if resumed:
-            notes.append(f"resumed: {resumed} frames were written by an interrupted run ({frames_folder})")
-        for stream in [plan.rgb, *plan.depth.values()]:
-            notes += _stream_notes(stream)
-        rgb = plan.rgb
-        rgb_intrinsics = _intrinsics(rgb, config.rgb_intrinsics, collected, plan, bag, notes)
-        stamps = sorted(rgb.frames)
-        times = np.array(stamps, dtype=np.float64) * 1e-9
-        c2w, keep, coverage = _rgb_poses(config, plan, collected, times, [stem_of(s) for s in stamps], bag)
-        if not keep.any():
-            raise RawDataError(bag, f"{coverage.source} gives a pose to none of the {len(stamps)} frames of "
-                               f"{rgb.topic} (frames at {times[0]:.3f}..{times[-1]:.3f} s; --max-pose-gap "
-                               f"{config.max_pose_gap:g} s)")
-        notes.append(coverage.describe())
-        for stamp, kept in zip(stamps, keep):
-            if not kept:
-                rgb.frames.pop(stamp)
-        check_rgb_count(len(rgb.frames), config.val_every, bag)
-        rgb_poses_drb = raw_c2w_to_drb(c2w[keep, :3], config.pose_convention)
-        depth = {}
-        for track, stream in plan.depth.items():
-            offset = float(config.depth_time_offset.get(track, 0.0))
-            if offset:
-                notes.append(f"depth track {track}: {offset * 1e3:+.3f} ms added to its stamps (RGB clock)")
-            intrinsics = _intrinsics(stream, config.depth_intrinsics.get(track), collected, plan, bag, notes)
-            depth[track] = _out_stream(stream, intrinsics, offset, config.depth_scale.get(track))
-        summary = write_dataset(staged, _out_stream(rgb, rgb_intrinsics, 0.0, None), rgb_poses_drb, depth,
-                                config.val_every, show_progress, bag)
-        summary.notes = notes
+        plan, collected = _read_bag(reader, config, bag, frames_folder, show_progress)
+        notes = _pass_notes(config, plan, frames_folder)
+        summary = _write_staged(staged, config, bag, plan, collected, notes, show_progress)
         publish(staged, out, config.overwrite, _record(config, bag, summary))
     except (LayoutError, ValueError):  # the input, an option or OUT: the command must change anyway
         if not resuming:  # frames an interrupted run wrote stay for the corrected command
@@ -628,6 +764,21 @@ def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSum
     return summary
 
 
+def _extract_rgb(reader, config: FramesConfig, bag: Path, folder: Path, show_progress: bool) -> _Stream:
+    """The RGB topic's frames written into `folder`; closes the bag."""
+    try:
+        _check_topic(reader.topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
+        info = reader.topics[config.rgb_topic]
+        stream = _Stream("rgb", config.rgb_topic, info.msgtype, info.msgcount, folder)
+        connections = [c for c in reader.connections if c.topic == config.rgb_topic]
+        messages = _messages(reader, connections, config.stamp, show_progress, total=lambda connection: info.msgcount)
+        frames = _Frames(config.workers, config.png_compression, bag, _NoJournal(), ZERO_STAMP_SHORT)
+        frames.take_all(messages, lambda item: frames.take(stream, item, _write_rgb))
+        return stream
+    finally:
+        reader.close()
+
+
 def extract_frames(config: FramesConfig, show_progress: bool = False) -> int:
     """The RGB frames of config.bag as config.out/STAMP.{png,jpg} (moved into place when all are written);
     returns how many."""
@@ -638,36 +789,7 @@ def extract_frames(config: FramesConfig, show_progress: bool = False) -> int:
     reader = _open_bag(bag)
     staged = staging_folder(out)
     try:
-        try:
-            _check_topic(reader.topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
-            info = reader.topics[config.rgb_topic]
-            stream = _Stream("rgb", config.rgb_topic, info.msgtype, info.msgcount, staged)
-            connections = [c for c in reader.connections if c.topic == config.rgb_topic]
-            advance, stop = _progress(info.msgcount, show_progress) or (None, None)
-            writers = _Writers(worker_count(config.workers), bag)
-            try:
-                for index, (connection, receive_ns, rawdata) in enumerate(reader.messages(connections=connections)):
-                    if advance is not None:
-                        advance()
-                    where = f"topic {config.rgb_topic} ({info.msgcount} messages), message {index + 1}"
-                    try:
-                        message = reader.deserialize(rawdata, connection.msgtype)
-                        stamp = receive_ns if config.stamp == "receive" else stamp_ns(message)
-                        if stamp <= 0:
-                            raise MessageError("has header stamp 0; pass --stamp receive")
-                        if stream.accept(stamp):
-                            work = _write_rgb(stream, message, stamp, bag, config.png_compression)
-                            if work is not None:
-                                writers.submit(work, where, lambda: None)
-                    except MessageError as error:
-                        raise RawDataError(bag, f"{where}: {error}; nothing was written") from error
-                writers.finish()
-            finally:
-                writers.close()
-                if stop is not None:
-                    stop()
-        finally:
-            reader.close()
+        stream = _extract_rgb(reader, config, bag, staged, show_progress)
         _stream_notes(stream)
         if out.exists():
             out.rmdir()
