@@ -124,6 +124,7 @@ class AsyncNerfPipeline(VanillaPipeline):
             self, config.datamanager.partition.boundary_margin, config.viewer_max_depth_frustums, config.viewer_refresh_steps
         )
         """What the viewer shows of the partition (found by nerfstudio's viewer under Custom Elements)."""
+        self.to(device)  # the pipeline's own buffers too (cells trained, clock offsets): nerfstudio moves only its parts
         self.world_size = world_size
         if world_size > 1:
             self._model = typing.cast(Model, DDP(self._model, device_ids=[local_rank], find_unused_parameters=True))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
@@ -469,6 +470,15 @@ def emulated_cuda() -> Iterator[Ledger]:
         torch.__future__.set_swap_module_params_on_conversion(True)
         previous_multithreading = torch._C._is_multithreading_enabled()
         torch.autograd.set_multithreading_enabled(False)
+        # Threads started inside (the shard writer's membership and I/O workers) run under the same rules:
+        # the modes are per thread.
+        original_run = threading.Thread.run
+
+        def run_emulated(thread: threading.Thread) -> None:
+            with _FunctionMode(), _DispatchMode():
+                original_run(thread)
+
+        stack.enter_context(mock.patch.object(threading.Thread, "run", run_emulated))
         _ledger = ledger
         try:
             with _FunctionMode(), _DispatchMode():

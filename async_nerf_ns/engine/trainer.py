@@ -120,7 +120,10 @@ class AsyncNerfTrainer(Trainer):
         self.optimizers.load_optimizers(state["optimizers"])
         if "schedulers" in state and self.config.load_scheduler:
             self.optimizers.load_schedulers(state["schedulers"])
-        self.grad_scaler.load_state_dict(state["scalers"])
+        if state["scalers"] or not self.grad_scaler.is_enabled():
+            self.grad_scaler.load_state_dict(state["scalers"])
+        else:  # saved where mixed precision was off (a CPU run, resumed on a GPU): GradScaler starts afresh
+            CONSOLE.print("The checkpoint has no gradient-scaler state (trained without mixed precision): it starts afresh.")
         CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
         remaining = max(0, self.config.max_num_iterations - self._start_step)
         CONSOLE.print(f"Resuming at step {self._start_step}: {remaining} steps left of {self.config.max_num_iterations}")

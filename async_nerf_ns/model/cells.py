@@ -41,9 +41,15 @@ class SeenImagesEmbedding(Embedding):
     def mean(self, dim: int = 0) -> Tensor:
         if dim == 0 and self.fitted is not None:
             return self.fitted
-        if dim != 0 or not bool(self.seen.any()):
+        if dim != 0:
             return super().mean(dim)
-        return self.embedding.weight[self.seen].mean(dim)
+        # The mean over the seen rows (all rows before any was seen), without reading the mask back to the
+        # host: a merged render asks every cell for it on every chunk.
+        weight = self.embedding.weight
+        seen = self.seen.to(weight.dtype)[:, None]
+        count = seen.sum()
+        seen_mean = (weight * seen).sum(dim=0) / count.clamp(min=1.0)
+        return torch.where(count > 0, seen_mean, weight.mean(dim=0))
 
 
 class CellSampler(ProposalNetworkSampler):

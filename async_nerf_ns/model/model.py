@@ -29,6 +29,7 @@ import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor, nn
 from torch.nn import Parameter
@@ -155,6 +156,19 @@ class AsyncNerfModel(NerfactoModel):
         self.camera_optimizer = self._rig_pose_optimizer()  # type: ignore[assignment]
         # nerfacto's schedule callbacks (annealing, sampler steps), run per cell on the cell's own steps.
         self.cell_schedule = NerfactoModel.get_training_callbacks(self, None)  # type: ignore[arg-type]
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(device)`` and friends, plus the tensors that nerfstudio's torch `HashEncoding` keeps as plain
+        attributes (``scalings``, ``hash_offset``): left in host memory, they are copied to the device on every
+        call of its hash function (tests/cuda_emulation.py counts 51 such copies per training step)."""
+        super()._apply(fn, recurse)
+        for module in self.modules():
+            if isinstance(module, HashEncoding):
+                for name in ("scalings", "hash_offset"):
+                    value = getattr(module, name, None)
+                    if isinstance(value, Tensor):
+                        setattr(module, name, fn(value).to(value.dtype))
+        return self
 
     def _cell_from_nerfacto_parts(self) -> Cell:
         appearance_dim = self.config.appearance_embed_dim if self.config.use_appearance_embedding else 0
