@@ -213,3 +213,29 @@ def test_a_tcnn_checkpoint_where_tinycudann_is_missing_is_a_clear_error(scene, c
     trainer = _trainer(_config(scene, tmp_path), "cpu")
     with pytest.raises(RuntimeError, match="holds tcnn .*tinycudann.*implementation torch"):
         trainer.pipeline.load_pipeline(state["pipeline"], 3)
+
+
+def test_a_cell_task_on_a_gpu_node_sets_up_and_steps_on_the_device(scene, checkpoint, tmp_path):
+    """A cluster task given a GPU (``--gpus-per-cell 1``): its device, precision and implementation are
+    decided on its node (here the emulated one), its cell's shards and model are set up there, and its
+    steps make no wait of ours."""
+    from async_nerf_ns.cluster.cell_task import task_config, task_device
+    from async_nerf_ns.cluster.driver import cli
+    from async_nerf_ns.model.implementation import tcnn_importable
+
+    run_dir = (tmp_path / "run").resolve()
+    command = cli(["--data", str(scene), "--run-dir", str(run_dir), "--gpus-per-cell", "1", "--method", "async-nerf-small",
+                   "--", "--max-num-iterations", "4"])
+    command.run_config(run_dir)
+    with emulated_cuda() as ledger:
+        device = task_device(1.0)
+        config, record = task_config(run_dir, 1, device, tcnn_importable(), "node")
+        assert (device, config.mixed_precision, record["implementation"]) == ("cuda", True, "torch")
+        trainer = config.setup(local_rank=0, world_size=1)
+        trainer.setup()
+        assert trainer.pipeline.trained_cell_list == [1]
+        assert _off_device(trainer.pipeline) == []
+        trainer.train_iteration(0)
+        mark = ledger.mark()
+        trainer.train_iteration(1)
+        assert [w for w in ledger.since(mark) if w.owner == "ours"] == []
