@@ -2,11 +2,14 @@
 process and, when it exits, writes the distributions of every top-level module in ``sys.modules``.
 
     python examples/trace_imports.py OUT.json ns-train async-nerf-small --data D --max-num-iterations 2 ...
-    python examples/trace_imports.py OUT.json examples/make_scene.py OUT_SCENE --num-rgb 8
+    python examples/trace_imports.py OUT2.json ns-eval --load-config RUN/config.yml --output-path eval.json
+    python examples/trace_imports.py OUT3.json examples/make_scene.py OUT_SCENE --num-rgb 8
 
-OUT.json: ``{"distributions": {name: version}, "modules": {name: [top-level modules]}}``. This is how
-examples/gpu_offline_requirements.txt was derived (imports of the commands gpu_check.sh runs, minus the
-packages of the GPU image); tests/test_gpu_bundle.py re-derives it on every run of the suite.
+OUT.json: ``{"distributions": {name: version}, "modules": {name: [top-level modules]}}``, written when the
+command exits (also when it fails). This is how examples/gpu_offline_requirements.txt was derived (the
+union of the imports of the commands gpu_check.sh runs: ns-train, with the resume check's finetune_tpf
+and stage 3, ns-eval of its run, and make_scene; minus the packages of the GPU image);
+tests/test_gpu_bundle.py re-derives it on every run of the suite.
 """
 
 from __future__ import annotations
