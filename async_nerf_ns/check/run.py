@@ -6,7 +6,6 @@ assembled run holds what the cells' DONE files say."""
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +18,7 @@ from async_nerf_ns.cluster.assemble import CELL_STATE_PREFIX
 from async_nerf_ns.files.checkpoints import checkpoint_step, checkpoints_by_step, load_checkpoint
 from async_nerf_ns.files.checksums import has_checksum
 from async_nerf_ns.files.run_folder import ASSEMBLED, ATTEMPTS, CELLS_DIR, DONE, LOCK, LOG, PROGRESS, RUN_CONFIG, UNLOADABLE
+from async_nerf_ns.files.run_folder import read_json as _read_json
 
 MODELS = "nerfstudio_models"
 
@@ -29,13 +29,6 @@ def is_cells_run(path: Path) -> bool:
 
 def is_ns_run(path: Path) -> bool:
     return (Path(path) / "config.yml").is_file() or (Path(path) / MODELS).is_dir()
-
-
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def build_pipeline(config_path: Path):

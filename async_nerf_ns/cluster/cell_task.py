@@ -55,7 +55,7 @@ from async_nerf_ns.engine.trainer import AsyncNerfTrainer
 from async_nerf_ns.files.atomic import write_json_atomic
 from async_nerf_ns.files.checkpoints import checkpoint_step, newest_loadable_checkpoint
 from async_nerf_ns.model.implementation import tcnn_importable
-from async_nerf_ns.files.run_folder import ATTEMPTS, CELLS_DIR, DONE, LOCK, LOG, PROGRESS, RUN_CONFIG, UNLOADABLE, cell_dir
+from async_nerf_ns.files.run_folder import ATTEMPTS, CELLS_DIR, DONE, LOCK, LOG, PROGRESS, RUN_CONFIG, UNLOADABLE, cell_dir, read_json
 
 IMPLEMENTATION = "cell_implementation.json"
 """In RUN/: the field implementation every cell of the run uses, and who decided it (first task)."""
@@ -180,13 +180,6 @@ def task_config(
 
 
 # --------------------------------------------------------------------------------------- files
-def read_json(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_attempts(folder: Path) -> List[Dict[str, Any]]:
     """The attempt log of a cell folder, one dict per start."""
     path = Path(folder) / ATTEMPTS

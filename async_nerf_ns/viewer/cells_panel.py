@@ -8,13 +8,13 @@ rewrite while they train, possibly on other machines.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from async_nerf_ns.files.run_folder import CELLS_DIR, DONE, PROGRESS, RUN_CONFIG, cell_dir
+from async_nerf_ns.files.run_folder import read_json as _read_json
 
 
 @dataclass
@@ -48,13 +48,6 @@ def cluster_run_of(base_dir: Optional[Path]) -> Optional[Path]:
         if (candidate / RUN_CONFIG).is_file() and (candidate / CELLS_DIR).is_dir():
             return candidate
     return None
-
-
-def _read_json(path: Path) -> Optional[Dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def with_cluster_progress(statuses: List[CellStatus], run_dir: Path) -> List[CellStatus]:
