@@ -32,21 +32,21 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
-from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks, frame_time_offsets, ray_distance
+from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks, frame_time_offsets
 from async_nerf_ns.data.ray_generator import PinholeRayGenerator, training_ray_generator
 from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.data.scene_metadata import DepthTrackData
 from async_nerf_ns.files.cache_dir import cache_dir
-from async_nerf_ns.files.keys import file_identity
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
 from async_nerf_ns.shards.config import ShardConfig
 from async_nerf_ns.shards.sampler import CellRaySampler
 from async_nerf_ns.shards.sets import image_counts, write_depth_shards, write_rgb_shards
-from async_nerf_ns.trajectory.fit_cache import cached_fit, cached_time_offset, fit_key
+from async_nerf_ns.trajectory.fit_cache import cached_fit, fit_key
 from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEstimate
 from async_nerf_ns.trajectory.timed_poses import nearest_in_time
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
+from async_nerf_ns.trajectory.track_offsets import track_time_offsets
 
 DepthPoseSource = Literal["tpf", "prior", "gt"]
 
@@ -254,17 +254,11 @@ class AsyncNerfDataManager(VanillaDataManager):
                 f"{sorted(scene.depth_tracks)}"
             )
         fit = fit_key(scene.rgb_timestamps.numpy(), self.train_dataset.cameras.camera_to_worlds.cpu(), self.config.tpf)
-        estimates = {}
-        for name in sorted(scene.depth_tracks):
-            track = scene.depth_tracks[name]
-            files = [p for f in track.frames for p in (f.depth_path, f.metadata_path)]
-            estimates[name] = cached_time_offset(
-                self.cache_folder("stage1"), fit, name, track.timestamps.numpy(), track.intrinsics, file_identity(files),
-                lambda track=track: [ray_distance(track, i, scene.pose_scale_factor) for i in range(len(track))],
-                tpf.poses, self.config.time_offset, float(given.get(name, 0.0)),
-            )
-            CONSOLE.print(f"Stage 1: {estimates[name].message}")
-        return estimates
+        tracks = {name: scene.depth_tracks[name].frames for name in sorted(scene.depth_tracks)}
+        return track_time_offsets(
+            tracks, scene.pose_scale_factor, tpf.poses, self.config.time_offset, given,
+            cache=(self.cache_folder("stage1"), fit), label="Stage 1: ",
+        )
 
     @property
     def scene(self):

@@ -23,16 +23,16 @@ from rich.table import Table
 
 from async_nerf_ns.files.atomic import write_json_atomic
 from async_nerf_ns.layout import DatasetLayout, DepthFrame, LayoutError, read_layout
-from async_nerf_ns.layout.frame_files import load_ray_distance_metres
 from async_nerf_ns.layout.frames import drb_points_to_world
 from async_nerf_ns.layout.pose_files import PoseFileError, is_upstream_sequence, read_upstream_sequence, write_pose_txt
 from async_nerf_ns.trajectory.baselines import CubicSplineInterp, LinearSlerp
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.metrics import pose_errors, summary_only
 from async_nerf_ns.trajectory.plot import DepthStream, plot_offset_search, plot_trajectory
-from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEstimate, estimate_time_offset
+from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEstimate
 from async_nerf_ns.trajectory.timed_poses import split_every
 from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
+from async_nerf_ns.trajectory.track_offsets import track_time_offsets
 
 METHODS = ("tpf", "tpf_without_offset", "linear_slerp", "cubic_spline", "prior")
 """Keys of the per-method errors in pose_errors.json."""
@@ -233,18 +233,8 @@ def estimate_offsets(
     problem: Problem, fitted, config: TimeOffsetConfig, given: Mapping[str, float]
 ) -> Dict[str, TimeOffsetEstimate]:
     """Each depth track's clock offset, from its train frames (layout datasets; upstream has no depth maps)."""
-    estimates = {}
-    for pose_set in problem.sets:
-        if pose_set.track is None or pose_set.frames is None:
-            continue
-        frames = pose_set.frames
-        distances = [load_ray_distance_metres(frame) / problem.metres_per_unit for frame in frames]
-        intrinsics = torch.tensor(np.stack([frame.intrinsics for frame in frames]), dtype=torch.float32)
-        estimates[pose_set.track] = estimate_time_offset(
-            pose_set.track, pose_set.timestamps, intrinsics, distances, fitted.poses, config, float(given.get(pose_set.track, 0.0))
-        )
-        CONSOLE.print(estimates[pose_set.track].message)
-    return estimates
+    tracks = {s.track: s.frames for s in problem.sets if s.track is not None and s.frames is not None}
+    return track_time_offsets(tracks, problem.metres_per_unit, fitted.poses, config, given)
 
 
 def fit_and_report(
