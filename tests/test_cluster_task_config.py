@@ -21,7 +21,9 @@ from async_nerf_ns.cluster.cell_task import (
     load_config,
     task_config,
 )
-from async_nerf_ns.cluster.driver import ClusterError, TrainCells, auth_failure, cli, ray_auth_help
+from async_nerf_ns.cluster.assemble_run import assembled_config
+from async_nerf_ns.cluster.driver import ClusterError, TrainCells, cli
+from async_nerf_ns.cluster.ray_backend import auth_failure, ray_auth_help
 
 
 def _run(tmp_path: Path, own: Sequence[str] = (), ns_train: Sequence[str] = (), name: str = "run") -> Tuple[TrainCells, Path]:
@@ -105,14 +107,14 @@ def test_options_given_after_the_separator_are_respected(tmp_path: Path):
 
 
 def test_the_assembled_config_holds_what_the_tasks_decided(tmp_path: Path):
-    command, run_dir = _run(tmp_path, ["--gpus-per-cell", "1"])
+    _, run_dir = _run(tmp_path, ["--gpus-per-cell", "1"])
     task_config(run_dir, 0, "cuda", True, "gpu-a")
     done = {"implementation": "tcnn", "mixed_precision": True, "device": "cuda"}
-    config = command.assembled_config(run_dir, load_config(run_dir / RUN_CONFIG), done)
+    config = assembled_config(run_dir, load_config(run_dir / RUN_CONFIG), done)
     assert (config.mixed_precision, config.pipeline.model.implementation, config.machine.device_type) == (True, "tcnn", "cuda")
     (run_dir / IMPLEMENTATION).unlink()
     with pytest.raises(ClusterError, match=IMPLEMENTATION):
-        command.assembled_config(run_dir, load_config(run_dir / RUN_CONFIG), {"device": "cpu"})
+        assembled_config(run_dir, load_config(run_dir / RUN_CONFIG), {"device": "cpu"})
 
 
 def test_the_train_metrics_report_averages_the_steps_between_reports_and_reads_back_only_then(monkeypatch):

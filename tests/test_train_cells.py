@@ -25,7 +25,8 @@ import torch
 from async_nerf_ns.check.command import Check
 from async_nerf_ns.cluster.cell_task import read_attempts, read_json
 from async_nerf_ns.files.run_folder import ATTEMPTS, DONE, PROGRESS, cell_dir
-from async_nerf_ns.cluster.driver import ClusterError, check_resources, cli
+from async_nerf_ns.cluster.driver import ClusterError, cli
+from async_nerf_ns.cluster.ray_backend import check_resources
 from conftest import run_command
 from conftest import ASSEMBLED, NS_TRAIN, SAVE, STEPS  # noqa: F401 (the cluster runs' settings)
 from conftest import wait_for as _wait_for
