@@ -106,7 +106,9 @@ class RigPoseOptimizer(nn.Module):
             if depth_corrections:
                 assert depth_frame is not None and is_depth is not None
                 first = self._first_depth_ray
-                if first is not None:  # the tail of the batch: corrected alone, RGB rays untouched
+                if first is not None and first >= len(depth_frame):
+                    pass  # a batch without depth rays
+                elif first is not None:  # the tail of the batch: corrected alone, RGB rays untouched
                     o, d = origins[first:], directions[first:]
                     for corrections in depth_corrections:
                         o, d = _apply(corrections(depth_frame[first:, 0]), o, d)
