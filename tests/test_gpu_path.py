@@ -1,10 +1,8 @@
-"""The GPU path as far as a CPU can test it: mixed precision and no host synchronisation in a step.
-
-CUDA autocast returns float16 from matmuls and refuses mixed-dtype ``index_copy`` (CPU autocast
-promotes it), and a training step that reads a device tensor back makes the GPU wait. So these tests
-run real training steps on the CPU with CUDA's dtype rule switched on (`cuda_like.strict_dtypes`)
-and with every sync-inducing call recorded (`cuda_like.host_syncs`).
-"""
+"""Mixed precision as CUDA runs it, on the CPU: under the CUDA emulation (tests/cuda_emulation.py), autocast
+is float16 and ``index_copy`` & co. refuse a source of another dtype (CPU autocast would promote it). The
+rig's corrections come out float32 from half-precision inputs, and a step of the full ``async-nerf``
+preset keeps its rays float32 and its losses close to the float32 step's. (Waits for the device in a
+step: tests/test_gpu_fidelity.py.)"""
 
 from __future__ import annotations
 
@@ -19,18 +17,18 @@ from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.utils import writer
 
 from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
-from async_nerf_ns.method import async_nerf_config, async_nerf_small_config
+from async_nerf_ns.method import async_nerf_config
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
 from async_nerf_ns.trajectory.finetune import TPFRayCorrections
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
-from cuda_like import host_syncs, strict_dtypes
+from cuda_emulation import emulated_cuda, host_value
 from examples.make_scene import SceneSpec, generate_scene
 
 SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
-LOSS_TOLERANCE = 0.02
-"""Relative difference allowed between a bfloat16-autocast step's losses and the float32 step's:
-measured at most 0.0044 (interlevel_loss; rgb_loss 8e-5, depth_loss 2e-4), margin 4.5x."""
+LOSS_TOLERANCE = 1e-3
+"""Relative difference allowed between a float16-autocast step's losses (emulated CUDA) and the float32 step's:
+measured at most 6.1e-5 (interlevel_loss; rgb_loss 1.8e-5, depth_loss 1.0e-5), margin 16x."""
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +63,16 @@ def test_rig_pose_optimizer_returns_float32_rays_from_half_precision_inputs():
 
     reference = bundle(torch.float32)
     rig.apply_to_raybundle(reference)
-    for dtype, autocast in ((torch.float16, "cpu"), (torch.bfloat16, "cpu")):
-        rays = bundle(dtype)
-        with strict_dtypes(), torch.autocast(autocast, dtype=torch.bfloat16):
-            rig.apply_to_raybundle(rays)
-        assert rays.origins.dtype == torch.float32 and rays.directions.dtype == torch.float32
-        # Only the inputs' rounding differs (float16: 1e-3, bfloat16: 8e-3 of a unit).
-        torch.testing.assert_close(rays.directions, reference.directions, atol=1e-2, rtol=0)
-        torch.testing.assert_close(rays.origins, reference.origins, atol=1e-2, rtol=0)
+    with emulated_cuda():
+        rig.to("cuda")
+        for dtype in (torch.float16, torch.bfloat16):
+            rays = bundle(dtype).to("cuda")
+            with torch.autocast("cuda"):  # float16, as CUDA's
+                rig.apply_to_raybundle(rays)
+            assert rays.origins.dtype == torch.float32 and rays.directions.dtype == torch.float32
+            # Only the inputs' rounding differs (float16: 1e-3, bfloat16: 8e-3 of a unit).
+            torch.testing.assert_close(host_value(rays.directions), reference.directions, atol=1e-2, rtol=0)
+            torch.testing.assert_close(host_value(rays.origins), reference.origins, atol=1e-2, rtol=0)
 
 
 def _seed(seed: int = 0) -> None:
@@ -81,8 +81,8 @@ def _seed(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def _trainer(config, scene: Path, out: Path):
-    config.machine.device_type = "cpu"
+def _trainer(config, scene: Path, out: Path, device: str = "cpu"):
+    config.machine.device_type = device
     config.pipeline.datamanager.data = scene
     config.output_dir = out
     config.vis = "tensorboard"
@@ -117,37 +117,26 @@ def _full_config():
 
 
 def test_a_full_preset_step_under_autocast_keeps_rays_float32_and_losses_close(scene, tmp_path, clean_writers):
+    _trainer(_full_config(), scene, tmp_path / "shards")  # the ray shards, written on the plain CPU
     losses = {}
     for mixed in (False, True):
-        trainer = _trainer(_full_config(), scene, tmp_path / ("mixed" if mixed else "fp32"))
-        # nerfstudio turns mixed precision off on a CPU; on, the step runs under CPU autocast (bfloat16).
-        trainer.mixed_precision = mixed
-        rig = trainer.pipeline.model.camera_optimizer
-        dtypes = []
-        apply = rig.apply_to_raybundle
+        with emulated_cuda():
+            trainer = _trainer(_full_config(), scene, tmp_path / ("mixed" if mixed else "fp32"), device="cuda")
+            trainer.mixed_precision = mixed
+            rig = trainer.pipeline.model.camera_optimizer
+            dtypes = []
+            apply = rig.apply_to_raybundle
 
-        def recording(bundle, apply=apply, dtypes=dtypes, mixed=mixed):
-            assert torch.is_autocast_enabled("cpu") == mixed  # the step really runs under autocast
-            apply(bundle)
-            dtypes.append((bundle.origins.dtype, bundle.directions.dtype))
+            def recording(bundle, apply=apply, dtypes=dtypes, mixed=mixed):
+                assert torch.is_autocast_enabled("cpu") == mixed  # the step really runs under (fp16) autocast
+                apply(bundle)
+                dtypes.append((bundle.origins.dtype, bundle.directions.dtype))
 
-        rig.apply_to_raybundle = recording
-        with strict_dtypes():
+            rig.apply_to_raybundle = recording
             _, loss_dict, _ = trainer.train_iteration(0)
+            losses[mixed] = {k: float(host_value(v).detach()) for k, v in loss_dict.items()}
         assert dtypes == [(torch.float32, torch.float32)]
         assert "depth_loss" in loss_dict and "depth_pose_camera_opt_regularizer" in loss_dict
-        losses[mixed] = {k: float(v.detach()) for k, v in loss_dict.items()}
         assert all(np.isfinite(v) for v in losses[mixed].values()), losses[mixed]
     for name, value in losses[False].items():
         assert abs(losses[True][name] - value) <= LOSS_TOLERANCE * abs(value) + 1e-6, (name, value, losses[True][name])
-
-
-def test_a_training_step_of_ours_never_waits_for_the_device(scene, tmp_path, clean_writers):
-    config = async_nerf_small_config()
-    trainer = _trainer(config, scene, tmp_path)
-    trainer.train_iteration(0)  # first step: lazy set-ups (optimiser state, chunk reads)
-    with host_syncs(allowed_functions=("_pack_records",)) as log:
-        for step in (1, 2, 3, 4):  # every cell once, stage 3 on, the TPF fine-tuned
-            trainer.train_iteration(step)
-    assert log.calls == [], f"host synchronisations in our step: {log.calls}"
-    assert log.other > 0, "the recorder saw nothing at all (nerfstudio's own step does synchronise)"
