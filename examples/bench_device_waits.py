@@ -38,37 +38,18 @@ def child(args) -> None:
     """One row, in this process, with the code of the tree ``args.child``."""
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO_ROOT]
     sys.path.insert(0, str(args.child))
-    import random
-
-    import numpy as np
     import torch
-    from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from cuda_emulation import emulated_cuda
+    from stage3_trainer import every_correction, set_up_trainer
 
     from async_nerf_ns.method import async_nerf_small_config
 
     def config(device: str, out: Path):
-        c = async_nerf_small_config()
-        c.pipeline.datamanager.data = args.data
+        c = every_correction(async_nerf_small_config(), args.data, out)
         c.pipeline.datamanager.partition.grid_dim = tuple(int(v) for v in args.grid.split("x"))
-        c.output_dir = out
-        c.vis = "tensorboard"
-        c.logging.local_writer.enable = False
-        c.pipeline.model.implementation = "torch"
-        c.pipeline.finetune_tpf = True
-        c.pipeline.model.camera_optimizer = CameraOptimizerConfig(mode="SO3xR3")
-        c.pipeline.model.depth_pose_refine_start = 0
-        c.pipeline.model.refine_accurate_depth_poses = True
-        c.machine.device_type = device
-        c.mixed_precision = device == "cuda"
-        random.seed(0)
-        np.random.seed(0)
-        torch.manual_seed(0)
-        trainer = c.setup(local_rank=0, world_size=1)
-        trainer.setup()
-        return trainer
+        return set_up_trainer(c, device, mixed_precision=device == "cuda")
 
     out = Path(tempfile.mkdtemp(prefix="bench_waits_"))
     config("cpu", out / "cpu")  # writes the shards (not what is counted)

@@ -74,3 +74,12 @@ def wait_for(condition: Callable[[], Optional[object]], process: subprocess.Pope
         assert process.poll() is None, f"the driver exited ({process.returncode}) first:\n{log.read_text()[-4000:]}"
         assert time.monotonic() < deadline, f"timed out\n{log.read_text()[-4000:]}"
         time.sleep(0.05)
+
+
+@pytest.fixture
+def clean_writers():
+    """Closes and clears nerfstudio's event writers after a test that set up trainers in-process."""
+    yield
+    from stage3_trainer import close_writers
+
+    close_writers()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +71,6 @@ class Ledger:
 
     def since(self, mark: int) -> List[Wait]:
         return self.waits[mark:]
-
-    @staticmethod
-    def by_owner(waits: List[Wait]) -> Counter:
-        return Counter(w.owner for w in waits)
 
     @staticmethod
     def by_site(waits: List[Wait]) -> Counter:
@@ -179,10 +174,6 @@ def _is_device(value: Any) -> bool:
 
 def _pinned(tensor: torch.Tensor) -> bool:
     return bool(getattr(tensor, "_emulated_pinned", False))
-
-
-def _wrap(value: Any) -> Any:
-    return DeviceTensor(value) if isinstance(value, torch.Tensor) and not _is_device(value) else value
 
 
 def _unwrap(value: Any) -> Any:
@@ -532,7 +523,3 @@ def off_device(module_or_object: Any, prefix: str = "") -> List[str]:
 
 def format_waits(waits: List[Wait]) -> str:
     return "\n".join(f"{n} x {kind} [{owner}] {site}" for (owner, kind, site), n in Ledger.by_site(waits).most_common())
-
-
-def stack_here() -> str:  # pragma: no cover - debugging aid
-    return "".join(traceback.format_stack(limit=12))

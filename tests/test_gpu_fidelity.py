@@ -9,21 +9,19 @@ writes new depth shards on the emulated device (the writer's threads run under t
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
-from nerfstudio.utils import writer
 
 from async_nerf_ns.files.checkpoints import load_checkpoint
 from async_nerf_ns.method import async_nerf_config, async_nerf_small_config
 from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.implementation import checkpoint_implementation
 from cuda_emulation import DeviceTensor, emulated_cuda, format_waits, host_value, off_device
+from stage3_trainer import close_writers, every_correction, set_up_trainer
 from examples.make_scene import SceneSpec, generate_scene
 
 SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
@@ -52,39 +50,18 @@ def scene(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def clean_writers():
+def _writers(clean_writers):
     yield
-    for event_writer in writer.EVENT_WRITERS:
-        if hasattr(event_writer, "tb_writer"):
-            event_writer.tb_writer.close()
-    writer.EVENT_WRITERS.clear()
 
 
 def _config(scene: Path, out: Path, method=async_nerf_small_config):
-    config = method()
-    config.pipeline.datamanager.data = scene
-    config.output_dir = out
-    config.vis = "tensorboard"
-    config.logging.local_writer.enable = False
-    config.pipeline.model.implementation = "torch"
-    # Every correction of stage 3 from the first step: RGB and depth-frame poses, the TPF fine-tuned.
-    config.pipeline.finetune_tpf = True
-    config.pipeline.model.camera_optimizer = CameraOptimizerConfig(mode="SO3xR3")
-    config.pipeline.model.depth_pose_refine_start = 0
-    config.pipeline.model.refine_accurate_depth_poses = True
+    config = every_correction(method(), scene, out)
     config.steps_per_save = 1000
     return config
 
 
 def _trainer(config, device: str):
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
-    config.machine.device_type = device
-    config.mixed_precision = device == "cuda"
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+    return set_up_trainer(config, device, mixed_precision=device == "cuda")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +72,7 @@ def checkpoint(scene, tmp_path_factory) -> Path:
     for step in range(4):
         trainer.train_iteration(step)
     trainer.save_checkpoint(3)
-    writer.EVENT_WRITERS.clear()
+    close_writers()
     return trainer.checkpoint_dir
 
 
@@ -239,3 +216,16 @@ def test_a_cell_task_on_a_gpu_node_sets_up_and_steps_on_the_device(scene, checkp
         mark = ledger.mark()
         trainer.train_iteration(1)
         assert [w for w in ledger.since(mark) if w.owner == "ours"] == []
+
+
+def test_ns_evals_metrics_on_the_emulated_gpu(scene, checkpoint, tmp_path):
+    """What ns-eval computes (image metrics over the val images, rendered merged; depth metrics; depth-frame
+    pose errors), on the device: nothing in it mixes host and device tensors."""
+    config = _config(scene, tmp_path)
+    config.load_dir = checkpoint
+    with emulated_cuda():
+        trainer = _trainer(config, "cuda")
+        trainer.pipeline.eval()
+        metrics = trainer.pipeline.get_average_eval_image_metrics()
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values()), metrics
+    assert {"psnr", "ssim", "depth_rmse_m", "depth_pose_val_tpf_translation_m_mean"} <= set(metrics)

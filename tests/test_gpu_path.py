@@ -6,7 +6,6 @@ step: tests/test_gpu_fidelity.py.)"""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle
-from nerfstudio.utils import writer
 
 from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
 from async_nerf_ns.method import async_nerf_config
@@ -23,6 +21,7 @@ from async_nerf_ns.trajectory.finetune import TPFRayCorrections
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
 from cuda_emulation import emulated_cuda, host_value
+from stage3_trainer import every_correction, set_up_trainer
 from examples.make_scene import SceneSpec, generate_scene
 
 SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
@@ -75,37 +74,8 @@ def test_rig_pose_optimizer_returns_float32_rays_from_half_precision_inputs():
             torch.testing.assert_close(host_value(rays.origins), reference.origins, atol=1e-2, rtol=0)
 
 
-def _seed(seed: int = 0) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _trainer(config, scene: Path, out: Path, device: str = "cpu"):
-    config.machine.device_type = device
-    config.pipeline.datamanager.data = scene
-    config.output_dir = out
-    config.vis = "tensorboard"
-    config.logging.local_writer.enable = False
-    config.pipeline.model.implementation = "torch"
-    # Every correction of stage 3 on the first step: RGB and depth-frame poses, the TPF fine-tuned.
-    config.pipeline.finetune_tpf = True
-    config.pipeline.model.camera_optimizer = CameraOptimizerConfig(mode="SO3xR3")
-    config.pipeline.model.depth_pose_refine_start = 0
-    config.pipeline.model.refine_accurate_depth_poses = True
-    _seed()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
-
-
-@pytest.fixture
-def clean_writers():
-    yield
-    for event_writer in writer.EVENT_WRITERS:
-        if hasattr(event_writer, "tb_writer"):
-            event_writer.tb_writer.close()
-    writer.EVENT_WRITERS.clear()
+    return set_up_trainer(every_correction(config, scene, out), device, mixed_precision=False)
 
 
 def _full_config():
