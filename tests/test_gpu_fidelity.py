@@ -91,6 +91,13 @@ def test_a_training_step_on_the_emulated_gpu_waits_only_in_nerfstudio_and_torch(
             dtypes.append(bundle.origins.dtype)
 
         rig.apply_to_raybundle = recording
+        trajectory, evaluated = rig.trajectory, []
+
+        def tpf_moves(frames):  # the fine-tuned TPF: evaluated for the batch's depth rays only
+            evaluated.append(len(frames))
+            return trajectory(frames)
+
+        rig.trajectory = tpf_moves
         trainer.train_iteration(0)  # lazy set-ups (optimiser state, the first chunk)
         mark = ledger.mark()
         losses = []
@@ -99,6 +106,8 @@ def test_a_training_step_on_the_emulated_gpu_waits_only_in_nerfstudio_and_torch(
             losses.append({k: float(host_value(v)) for k, v in loss_dict.items()})
         waits = ledger.since(mark)
     assert dtypes[:2] == [torch.float16, torch.float32]  # fp16 autocast on; the rays stay float32
+    depth_rays = pipeline.datamanager.config.train_num_depth_rays_per_batch
+    assert evaluated == [depth_rays] * 5, evaluated  # not the 384 RGB rays of each batch too (main 7bd303c)
     assert {"depth_loss", "depth_pose_camera_opt_regularizer"} <= set(losses[-1])
     assert all(np.isfinite(v) for step in losses for v in step.values()), losses
     owners = {w.owner for w in waits}
