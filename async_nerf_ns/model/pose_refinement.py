@@ -106,21 +106,19 @@ class RigPoseOptimizer(nn.Module):
             if depth_corrections:
                 assert depth_frame is not None and is_depth is not None
                 first = self._first_depth_ray
-                if first is not None and first >= len(depth_frame):
-                    pass  # a batch without depth rays
-                elif first is not None:  # the tail of the batch: corrected alone, RGB rays untouched
-                    o, d = origins[first:], directions[first:]
-                    for corrections in depth_corrections:
-                        o, d = _apply(corrections(depth_frame[first:, 0]), o, d)
-                    new_origins = torch.cat([new_origins[:first], o])
-                    new_directions = torch.cat([new_directions[:first], d])
-                else:
+                if first is None:
                     frames = depth_frame[..., 0].clamp(min=0)  # RGB rays (-1) compute a correction that is dropped
                     o, d = origins, directions
                     for corrections in depth_corrections:
                         o, d = _apply(corrections(frames), o, d)
                     new_origins = torch.where(is_depth, o, new_origins)
                     new_directions = torch.where(is_depth, d, new_directions)
+                elif first < len(depth_frame):  # the batch's tail: corrected alone, its RGB rays untouched
+                    o, d = origins[first:], directions[first:]
+                    for corrections in depth_corrections:
+                        o, d = _apply(corrections(depth_frame[first:, 0]), o, d)
+                    new_origins = torch.cat([new_origins[:first], o])
+                    new_directions = torch.cat([new_directions[:first], d])
         ray_bundle.origins, ray_bundle.directions = new_origins, new_directions
 
     def apply_to_camera(self, camera: Cameras) -> Tensor:
