@@ -390,7 +390,7 @@ class _NoJournal:
         return False
 
     def add(self, stream: _Stream, stamp: int) -> None:
-        pass
+        """Records nothing: a frame extraction is not resumed."""
 
 
 def _progress(total: int, show: bool):
