@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.data.utils.data_utils import get_image_mask_tensor_from_path
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
@@ -316,10 +317,12 @@ class AsyncNerfDataManager(VanillaDataManager):
         (with ``existing_only``, only finds complete ones: None where there is none)."""
         assert self.geometry is not None
         dataset = self.train_dataset
+        masks = dataset._dataparser_outputs.mask_filenames  # nerfstudio keeps them there only
         rgb = write_rgb_shards(
             self.shard_root, dataset.cameras, dataset.image_filenames,
             lambda i: dataset.get_image_uint8(i), self.geometry, self.config.partition, self.config.shards,
-            existing_only=existing_only,
+            existing_only=existing_only, masks=masks,
+            load_mask=None if masks is None else lambda i: get_image_mask_tensor_from_path(masks[i]).numpy(),
         )
         depth = None
         if self.depth_frames is not None and self.config.train_num_depth_rays_per_batch > 0:

@@ -28,7 +28,7 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from async_nerf_ns.files.cache_dir import cache_dir
-from async_nerf_ns.layout import DatasetLayout, LayoutError, RgbFrame, load_rgb, read_layout
+from async_nerf_ns.layout import DatasetLayout, LayoutError, RgbFrame, load_mask, load_rgb, read_layout
 from async_nerf_ns.data.scene_metadata import AsyncNerfMetadata, DepthTrackData
 from async_nerf_ns.layout.frames import DRB_TO_WORLD, drb_c2w_to_world, stack_poses_world
 
@@ -110,6 +110,7 @@ class AsyncNerfDataParser(DataParser):
         s = self.config.scene_scale
         return DataparserOutputs(
             image_filenames=self._nerfstudio_images(frames, folder),
+            mask_filenames=self._nerfstudio_masks(frames, folder),
             cameras=cameras,
             scene_box=SceneBox(aabb=torch.tensor([[-s, -s, -s], [s, s, s]], dtype=torch.float32)),
             metadata={METADATA_KEY: metadata},
@@ -136,6 +137,19 @@ class AsyncNerfDataParser(DataParser):
             copies[frame.image_path] = _resized_copy(frame, cache)
         return [copies.get(frame.image_path, frame.image_path) for frame in frames]
 
+    def _nerfstudio_masks(self, frames: List[RgbFrame], folder: str) -> Optional[List[Path]]:
+        """None when no frame of the split has a mask; else a mask per frame that nerfstudio reads at the
+        size it reads the image (W x H): the user's where it already is, else a copy (resized, or all
+        ones for a frame without a mask: nerfstudio needs a mask for every image or for none)."""
+        if not any(frame.mask_path is not None for frame in frames):
+            return None
+        cache = self._cache_dir() / folder
+        return [
+            frame.mask_path if frame.mask_path is not None and frame.file_size == (frame.width, frame.height)
+            else _mask_copy(frame, cache)
+            for frame in frames
+        ]
+
     def _cache_dir(self) -> Path:
         return cache_dir(Path(self.config.data), self.config.cache_dir, "rgb_resized")
 
@@ -143,12 +157,25 @@ class AsyncNerfDataParser(DataParser):
 def _resized_copy(frame: RgbFrame, cache: Path) -> Path:
     """PNG copy of `frame` at W x H (lossless, so no second compression); reused while newer than the source."""
     target = cache / f"{frame.stem}_{frame.width}x{frame.height}.png"
-    if target.exists() and target.stat().st_mtime >= frame.image_path.stat().st_mtime:
+    return _png_copy(target, frame.image_path, lambda: load_rgb(frame))
+
+
+def _mask_copy(frame: RgbFrame, cache: Path) -> Path:
+    """PNG mask of `frame` at W x H (0 / 255): its mask resized, or every pixel kept where it has none."""
+    source = frame.mask_path if frame.mask_path is not None else frame.image_path
+    target = cache / f"{frame.stem}_{frame.width}x{frame.height}_{'mask' if frame.mask_path else 'nomask'}.png"
+    return _png_copy(target, source, lambda: load_mask(frame).astype(np.uint8) * 255)
+
+
+def _png_copy(target: Path, source: Path, pixels) -> Path:
+    """`target` written from `pixels()` unless it is newer than `source`; atomic (a concurrent reader never
+    sees half a file)."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
-    cache.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    Image.fromarray(load_rgb(frame)).save(partial, format="PNG")
-    os.replace(partial, target)  # atomic: a concurrent reader never sees half a file
+    Image.fromarray(pixels()).save(partial, format="PNG")
+    os.replace(partial, target)
     return target
 
 

@@ -2,17 +2,18 @@
 
 - `types`: the vocabulary (LayoutError, folder and file names, frame records);
 - `values`: checks of the numbers in metadata files, pose text files;
-- `frame_files`: decoding one RGB image or depth map;
+- `frame_files`: decoding one RGB image, mask or depth map;
 - `reader.read_layout`: walks a dataset and checks it without decoding images;
 - `frames`: the DRB -> nerfstudio world rotation;
 - `pose_files`: writing pose text files, and upstream Async-NeRF's timed pose folders.
 """
 
-from async_nerf_ns.layout.frame_files import MILLIMETRES, depth_header, load_depth_metres, load_rgb
+from async_nerf_ns.layout.frame_files import MILLIMETRES, depth_header, load_depth_metres, load_mask, load_rgb
 from async_nerf_ns.layout.reader import LAYOUT_DOC, read_layout
 from async_nerf_ns.layout.types import (
     DEPTH_DIR_PREFIXES,
     DEPTH_EXTENSIONS,
+    MASK_DIR,
     RGB_EXTENSIONS,
     RGB_METADATA_DIRS,
     RGB_POSE_GT_TRACK,
@@ -30,6 +31,7 @@ __all__ = [
     "DEPTH_DIR_PREFIXES",
     "DEPTH_EXTENSIONS",
     "LAYOUT_DOC",
+    "MASK_DIR",
     "MILLIMETRES",
     "RGB_EXTENSIONS",
     "RGB_METADATA_DIRS",
@@ -45,6 +47,7 @@ __all__ = [
     "SplitLayout",
     "depth_header",
     "load_depth_metres",
+    "load_mask",
     "load_rgb",
     "read_layout",
     "read_pose_txt",

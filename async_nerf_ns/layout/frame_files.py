@@ -94,6 +94,21 @@ def load_rgb(frame: RgbFrame) -> np.ndarray:
         raise LayoutError(frame.image_path, f"cannot be decoded ({error})") from error
 
 
+def load_mask(frame: RgbFrame) -> np.ndarray:
+    """bool (H, W) of `frame`: True where the pixel counts (its mask is non-zero, or it has no mask); a mask is
+    resized to W x H as its image is, by nearest neighbour (no new values at the mask's edges)."""
+    if frame.mask_path is None:
+        return np.ones((frame.height, frame.width), dtype=bool)
+    try:
+        with Image.open(frame.mask_path) as mask:
+            mask = mask.convert("L")
+            if mask.size != (frame.width, frame.height):
+                mask = mask.resize((frame.width, frame.height), resample=Image.Resampling.NEAREST)
+            return np.asarray(mask) != 0
+    except (OSError, ValueError) as error:
+        raise LayoutError(frame.mask_path, f"cannot be decoded ({error})") from error
+
+
 def load_depth_metres(frame: DepthFrame) -> np.ndarray:
     """float32 (H, W) depth in metres; 0 where the file has no measurement (0, negative or non-finite)."""
     path = frame.depth_path

@@ -19,6 +19,9 @@ from async_nerf_ns.layout.frame_files import depth_header, open_image
 from async_nerf_ns.layout.types import (
     DEPTH_DIR_PREFIXES,
     DEPTH_EXTENSIONS,
+    MASK_DIR,
+    MASK_EXTENSIONS,
+    MASK_MODES,
     RGB_EXTENSIONS,
     RGB_METADATA_DIRS,
     RGB_POSE_GT_TRACK,
@@ -100,6 +103,7 @@ def _read_split(split_dir: Path, name: str) -> SplitLayout:
     rgb_pose_gt = _pose_gt_files(split_dir, RGB_POSE_GT_TRACK, images, rgb_dir)
 
     rgb = [_read_rgb_frame(stem, images[stem], metadata[stem], rgb_pose_gt.get(stem)) for stem in sorted(images)]
+    _attach_masks(split_dir, rgb, rgb_dir)
     if rgb and all(frame.timestamp is not None for frame in rgb):
         rgb.sort(key=lambda frame: frame.timestamp)
         _check_unique_times([frame.timestamp for frame in rgb], [frame.metadata_path for frame in rgb])
@@ -127,6 +131,32 @@ def _read_rgb_frame(stem: str, image_path: Path, metadata_path: Path, pose_gt_pa
         file_size=file_size,
         file_mode=file_mode,
     )
+
+
+def _attach_masks(split_dir: Path, frames: List[RgbFrame], rgb_dir: Path) -> None:
+    """Pairs `masks/STEM.png` with its RGB frame and checks it (one channel, the image file's size); an image
+    without a mask keeps every pixel, a mask without an image is an error (a misnamed file)."""
+    folder = split_dir / MASK_DIR
+    if not folder.is_dir():
+        return
+    masks = _index_folder(folder, MASK_EXTENSIONS)
+    _check_pairs(masks, {frame.stem: frame.image_path for frame in frames}, rgb_dir, "RGB image")
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.stem not in masks)
+    if others:
+        raise LayoutError(folder / others[0], f"masks must be {'/'.join(MASK_EXTENSIONS)} files (lossless, 0 = ignore)")
+    for frame in frames:
+        path = masks.get(frame.stem)
+        if path is None:
+            continue
+        with open_image(path) as mask:
+            size, mode = mask.size, mask.mode
+        if mode not in MASK_MODES:
+            raise LayoutError(path, f"mask has mode {mode}; expected one channel ({' or '.join(MASK_MODES)}: 0 = ignore the pixel)")
+        if size != frame.file_size:
+            raise LayoutError(
+                path, f"mask is {size[0]}x{size[1]}, its image {frame.image_path.name} is {frame.file_size[0]}x{frame.file_size[1]}"
+            )
+        frame.mask_path = path
 
 
 def _read_depth_track(split_dir: Path, track: str, depth_dir: Path) -> List[DepthFrame]:

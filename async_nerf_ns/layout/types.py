@@ -17,6 +17,12 @@ RGB_EXTENSIONS = (".jpg", ".jpeg", ".png")
 """Image types of RGB frames (compared case-insensitively)."""
 DEPTH_EXTENSIONS = (".npy", ".pt", ".png", ".tif", ".tiff", ".jpg", ".jpeg")
 """Depth map types (compared case-insensitively)."""
+MASK_DIR = "masks"
+"""Folder of per-pixel masks beside rgbs/ (nerfstudio's convention: 0 = ignore the pixel)."""
+MASK_EXTENSIONS = (".png",)
+"""Mask file types: lossless, so a mask's zeros stay zeros."""
+MASK_MODES = ("1", "L")
+"""PIL modes of a mask file: one channel, binary or 8-bit (any non-zero value keeps the pixel)."""
 RGB_METADATA_DIRS = ("metadata", "metadata_rgb")
 """Folder of RGB metadata and its alias."""
 DEPTH_DIR_PREFIXES = ("depth_", "depthvis_")
@@ -76,6 +82,8 @@ class RgbFrame:
     """(width, height) of the image file on disk; differs from (W, H) when it must be resized."""
     file_mode: str = "RGB"
     """PIL mode of the image file (RGB, RGBA, L, P, ...)."""
+    mask_path: Optional[Path] = None
+    """`masks/STEM.png`: pixels where it is 0 are never trained on nor evaluated; None: every pixel counts."""
 
 
 @dataclass

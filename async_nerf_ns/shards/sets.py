@@ -1,7 +1,7 @@
 """The training pixels of a split as per-cell ray shards: what is written, under which key.
 
 RGB: every training image's pixels, each with the cells its ray crosses (the partition's cluster
-masks), as (image, pixel, RGB) records. Depth: every depth frame's measured pixels at the poses the
+masks), as (image, pixel, RGB) records; pixels a user's mask (masks/STEM.png) sets to 0 are left out. Depth: every depth frame's measured pixels at the poses the
 depth frames are trained at (the TPF's by default), as (frame, pixel, distance along the ray).
 A set's key hashes everything that decides its content (cameras and poses, image files, partition,
 shard sizes), so a rerun with the same inputs reuses it and any change gives a new set.
@@ -125,12 +125,18 @@ def write_rgb_shards(
     shards: ShardConfig,
     existing_only: bool = False,
     device: DeviceLike = None,
+    masks: Optional[Sequence[Path]] = None,
+    load_mask: Optional[Callable[[int], np.ndarray]] = None,
 ) -> Optional[Path]:
     """The RGB shard set of these images (written unless already complete); returns its folder.
     With ``existing_only``: the folder if the set is complete, else None (nothing is written).
     The rays and their cells are computed on ``device`` (default: CUDA when present, else the
-    cameras' device); images are decoded on the CPU in a background thread."""
-    key = shard_set_key("rgb", cameras, geometry, partition, files, shards)
+    cameras' device); images are decoded on the CPU in a background thread. With ``masks`` (a file
+    per image, part of the key) ``load_mask(i)`` gives image i's pixels to keep (bool, any shape
+    with H x W elements): the others are left out of every cell."""
+    if (masks is None) != (load_mask is None):
+        raise ValueError("write_rgb_shards: masks and load_mask go together")
+    key = shard_set_key("rgb", cameras, geometry, partition, [*files, *(masks or [])], shards)
     target = Path(root) / f"rgb-{key}"
     if existing_only or is_complete(target):
         return target if is_complete(target) else None
@@ -139,13 +145,16 @@ def write_rgb_shards(
     colours = _Prefetched(lambda index: load_uint8(index)[..., :3].reshape(-1, 3).numpy(), len(cameras))
 
     def image_pixels(index: int):
-        return membership(index), colours(index)
+        cells = membership(index)
+        if load_mask is not None:
+            cells = cells & np.asarray(load_mask(index), dtype=bool).reshape(1, -1)
+        return cells, colours(index)
 
     try:
         with _one_torch_thread(device):
             return write_shard_set(
                 target, "rgb", _layout(cameras, geometry, shards), image_pixels, shards.seed, "RGB ray shards",
-                extra={**_partition_extra(geometry, partition), "inputs": input_files(files)},
+                extra={**_partition_extra(geometry, partition), "inputs": input_files([*files, *(masks or [])])},
             )
     finally:
         colours.close()
