@@ -3,17 +3,23 @@ nerfstudio at the size it reads the images, and left out of the training shards.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tyro
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.data.utils.data_utils import get_image_mask_tensor_from_path
 from PIL import Image
 
 from async_nerf_ns.data.dataparser import AsyncNerfDataParserConfig
+from async_nerf_ns.evaluation.appearance import right_half
 from async_nerf_ns.layout import LayoutError, load_mask, read_layout
+from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.scripts.partition import partition
 from async_nerf_ns.shards.format import RECORDS, read_manifest
 from layout_factory import metadata_path, rewrite_metadata, write_tiny_layout
@@ -124,3 +130,31 @@ def test_masked_pixels_never_reach_the_shards_and_a_mask_edit_gives_new_shards(t
     assert edited["rgb_shards"] not in (masked["rgb_shards"], unmasked["rgb_shards"])
     records = _cell_records(Path(edited["rgb_shards"]), 0)
     assert (records["pixel"][records["image"] == 0] % WIDTH).max() == WIDTH // 2 - 1
+
+
+def test_ns_eval_metrics_leave_masked_pixels_out():
+    """A rendering 0.1 off on the kept half and 0.5 off on the masked half: PSNR 20 dB (MSE 0.01) with the
+    mask, 12 dB (MSE 0.13) without; SSIM equals that of a rendering equal to the truth where masked."""
+    config = dataclasses.replace(async_nerf_small_config().pipeline.model, implementation="torch")
+    model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), num_train_data=2,
+                         metadata={}, device="cpu").eval()
+    height, width = 24, 32
+    truth = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(0)) * 0.5
+    keep = torch.from_numpy(np.repeat(np.arange(width) >= width // 2, height).reshape(width, height).T.copy())[..., None]
+    rendered = truth + torch.where(keep, 0.1, 0.5)
+    outputs = {"rgb": rendered, "accumulation": torch.ones(height, width, 1), "depth": torch.ones(height, width, 1)}
+    outputs.update({f"prop_depth_{i}": torch.ones(height, width, 1) for i in range(config.num_proposal_iterations)})
+    masked, images = model.get_image_metrics_and_images(outputs, {"image": truth, "mask": keep})
+    whole, _ = model.get_image_metrics_and_images(outputs, {"image": truth})
+    assert abs(masked["psnr"] - 20.0) < 1e-3 and masked["kept_pixel_fraction"] == 0.5
+    assert abs(whole["psnr"] - 10 * np.log10(1 / 0.13)) < 1e-3
+    truth_where_masked, _ = model.get_image_metrics_and_images({**outputs, "rgb": torch.where(keep, rendered, truth)}, {"image": truth})
+    assert masked["ssim"] == pytest.approx(truth_where_masked["ssim"], abs=1e-6) and masked["ssim"] > whole["ssim"] + 0.05
+    assert torch.equal(images["img"][:, width:], rendered)  # the comparison image shows the rendering as it is
+
+
+def test_the_left_half_protocol_crops_the_mask_with_the_image():
+    camera = Cameras(camera_to_worlds=torch.eye(4)[None, :3], fx=10.0, fy=10.0, cx=4.0, cy=3.0, width=8, height=6)
+    keep = torch.from_numpy(_left_half_masked())[..., None]
+    _, batch = right_half(camera, {"image": torch.zeros(6, 8, 3), "mask": keep})
+    assert batch["mask"].shape == batch["image"].shape[:2] + (1,) and bool(batch["mask"].all())

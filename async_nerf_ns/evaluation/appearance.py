@@ -13,7 +13,7 @@ rendered with it and PSNR/SSIM/LPIPS are computed on the right half only.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Literal, Tuple
+from typing import Dict, Iterator, List, Literal, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -40,9 +40,12 @@ def frozen(model) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def fit_left_half(model, camera, image: Tensor, steps: int, rays_per_step: int, lr: float, seed: int = 0) -> List[Tensor]:
-    """Fits each cell's appearance embedding to the left half of ``image`` (H, W, 3) seen by ``camera``;
-    the fitted embeddings are left set on the cells (``clear_fitted`` removes them) and returned."""
+def fit_left_half(
+    model, camera, image: Tensor, steps: int, rays_per_step: int, lr: float, seed: int = 0, keep: Optional[Tensor] = None
+) -> List[Tensor]:
+    """Fits each cell's appearance embedding to the left half of ``image`` (H, W, 3) seen by ``camera``,
+    on its pixels where ``keep`` (H, W, 1; the image's mask) is True; the fitted embeddings are left set
+    on the cells (``clear_fitted`` removes them) and returned."""
     embeddings = [cell.field.embedding_appearance for cell in model.cells if cell.field.embedding_appearance is not None]
     if not embeddings or steps <= 0:
         return []
@@ -56,6 +59,12 @@ def fit_left_half(model, camera, image: Tensor, steps: int, rays_per_step: int, 
     columns = left_columns(int(camera.width.reshape(-1)[0]))
     rays = rays[:, :columns].flatten()
     target = image[:, :columns, :3].reshape(-1, 3).to(model.device)
+    if keep is not None:
+        kept = keep[:, :columns].reshape(-1).to(model.device)
+        rays, target = rays[kept], target[kept]
+    if len(target) == 0:  # the left half is masked out: the average appearance stays
+        clear_fitted(model)
+        return []
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(fitted, lr=lr)
     was_training = model.training
@@ -91,7 +100,7 @@ def right_half(camera: Cameras, batch: Dict) -> Tuple[Cameras, Dict]:
         width=camera.width - start, height=camera.height, distortion_params=camera.distortion_params,
         camera_type=camera.camera_type, times=camera.times, metadata=camera.metadata,
     )
-    return cropped, {**batch, "image": batch["image"][:, start:]}
+    return cropped, {**batch, **{key: batch[key][:, start:] for key in ("image", "mask") if key in batch}}
 
 
 class LeftHalfFitted:
@@ -109,7 +118,9 @@ class LeftHalfFitted:
     def __iter__(self):
         try:
             for index, (camera, batch) in enumerate(self.loader):
-                fit_left_half(self.model, camera, batch["image"], self.steps, self.rays_per_step, self.lr, seed=index)
+                fit_left_half(
+                    self.model, camera, batch["image"], self.steps, self.rays_per_step, self.lr, seed=index, keep=batch.get("mask")
+                )
                 yield right_half(camera, batch)
         finally:
             clear_fitted(self.model)

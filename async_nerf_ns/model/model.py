@@ -39,6 +39,7 @@ from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.cells import Cell, CellSampler
 from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
 from async_nerf_ns.model.lpips import offline_lpips
+from async_nerf_ns.model.masked_metrics import kept_psnr, masked_prediction
 from async_nerf_ns.model.merged import CellRouter, MergedDensityFn, MergedField, RoutedSampler, in_viewer_thread
 from async_nerf_ns.model.param_groups import cell_group_name
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
@@ -280,7 +281,15 @@ class AsyncNerfModel(NerfactoModel):
     def get_image_metrics_and_images(
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        keep = batch.get("mask")  # masks/STEM.png: its zeros are left out of the metrics (masked_metrics.py)
+        if keep is not None:
+            truth = self.renderer_rgb.blend_background(batch["image"].to(self.device))
+            rendered = outputs["rgb"]
+            outputs = {**outputs, "rgb": masked_prediction(rendered, truth, keep)}
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        if keep is not None:
+            metrics["psnr"], metrics["kept_pixel_fraction"] = kept_psnr(rendered, truth, keep)
+            images["img"] = torch.cat([truth, rendered], dim=1)  # the rendering as it is, masked pixels too
         if math.isnan(metrics.get("lpips", 0.0)):
             del metrics["lpips"]  # its weights are not on disk (see lpips.py)
         return metrics, images
