@@ -1,7 +1,7 @@
 """Merged rendering on CUDA: the proposal sampler vs the occupancy grid, on the same checkpoint.
 
     python examples/bench_occupancy.py --load-config outputs/.../config.yml [--images N]
-                                       [--set occupancy_grid_levels=5 ...] [--output occupancy.json]
+                                       [--set grid_levels=5 ...] [--output occupancy.json]
 
 Needs a CUDA GPU and nerfacc's CUDA extension (nerfacc builds it on first use with nvcc; minutes,
 once per machine). Without them it says so and exits with status 2, having measured nothing.
@@ -50,7 +50,7 @@ def _parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a model config field for the occupancy path, e.g. occupancy_grid_levels=5 (repeatable)",
+        help="override an option of the model's occupancy config, e.g. grid_levels=5 (repeatable)",
     )
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     return parser.parse_args()
@@ -61,15 +61,15 @@ def _needs_cuda(reason: str) -> None:
     sys.exit(2)
 
 
-def _overrides(model_config, assignments: List[str]) -> Dict[str, Any]:
-    """``NAME=VALUE`` strings as typed values of existing occupancy fields of the model config."""
-    fields = {f.name for f in dataclasses.fields(model_config)}
+def _overrides(occupancy_config, assignments: List[str]) -> Dict[str, Any]:
+    """``NAME=VALUE`` strings as typed values of existing fields of the occupancy config."""
+    fields = {f.name for f in dataclasses.fields(occupancy_config)}
     values: Dict[str, Any] = {}
     for assignment in assignments:
         name, _, text = assignment.partition("=")
-        if name not in fields or not (name.startswith("occupancy_")):
-            raise SystemExit(f"--set {assignment}: not an occupancy_* field of the model config")
-        current = getattr(model_config, name)
+        if name not in fields:
+            raise SystemExit(f"--set {assignment}: not a field of the occupancy config ({sorted(fields)})")
+        current = getattr(occupancy_config, name)
         if text == "None":
             values[name] = None
         elif isinstance(current, bool):
@@ -131,8 +131,8 @@ def main() -> None:
     _, pipeline, checkpoint, step = eval_setup(args.load_config, test_mode="test")
     model = pipeline.model
     model.eval()
-    for name, value in _overrides(model.config, args.set).items():
-        setattr(model.config, name, value)
+    for name, value in _overrides(model.config.occupancy, args.set).items():
+        setattr(model.config.occupancy, name, value)
     config = model.config
     print(f"device: {torch.cuda.get_device_name(0)}; checkpoint {checkpoint} (step {step}); {model.num_cells} cells")
 
@@ -142,15 +142,15 @@ def main() -> None:
 
         torch.cuda.synchronize()
         started = time.perf_counter()
-        grid = occupancy.fill_occupancy_grid(model)
+        renderer = model.occupancy_renderer
+        grid = renderer.fill()
         torch.cuda.synchronize()
         fill_s = time.perf_counter() - started
-        renderer = occupancy.occupancy_renderer(model)
         renderer.num_rays = renderer.num_samples = renderer.sampler.num_density_evaluations = 0
         grid_rows = _render_pass(pipeline, args.images, "occupancy")
     if renderer.num_rays == 0:
         raise SystemExit("the occupancy pass rendered nothing through the grid (eval_sampler not honoured?)")
-    counts = occupancy.samples_per_ray(renderer)
+    counts = renderer.samples_per_ray()
     background = 1.0 if model.renderer_rgb.background_color == "last_sample" else 0.0
     grid_rows["evals_per_ray"] = (
         counts["density_evaluations_per_ray"] + counts["field_evaluations_per_ray"] + background
@@ -162,9 +162,7 @@ def main() -> None:
     speedup = grid_rows["rays_per_s"] / proposal["rays_per_s"]
     loss_db = proposal["psnr"] - grid_rows["psnr"]
     met = speedup >= GOAL_SPEEDUP and loss_db <= GOAL_PSNR_LOSS_DB
-    grid_settings = {
-        f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name.startswith("occupancy_")
-    }
+    grid_settings = dataclasses.asdict(config.occupancy)
     print(f"\n{proposal['images']} val images, {proposal['rays']} rays; occupancy grid: {grid_settings}")
     print(f"grid filled in {fill_s:.2f} s, {100 * grid_rows['occupied_fraction']:.2f}% of voxels occupied\n")
     print("| path | rays/s | speed-up | val PSNR (dB) | dPSNR (dB) | SSIM | evals/ray | peak MB |")

@@ -81,3 +81,27 @@ def test_a_config_yml_written_before_loads_and_builds_the_same_pipeline(scene: P
     with pytest.raises(RuntimeError, match="Missing key"):
         pipeline.load_state_dict({k: v for k, v in state.items() if not k.startswith("_model.cells.3.")})
     assert torch.equal(pipeline.state_dict()["_model.centroids"], state["_model.centroids"])
+
+
+def test_the_flat_occupancy_flags_of_before_set_the_nested_options():
+    """``--pipeline.model.occupancy-*`` (before the options moved into ``model.occupancy``) are aliases."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    flags = ["--pipeline.model.occupancy-grid-resolution", "64", "--pipeline.model.occupancy_render_step_size", "0.01",
+             "--pipeline.model.occupancy.grid-levels", "2"]
+    occupancy = tyro.cli(AnnotatedBaseConfigUnion, args=["async-nerf-small", *flags]).pipeline.model.occupancy
+    assert (occupancy.grid_resolution, occupancy.render_step_size, occupancy.grid_levels) == (64, 0.01, 2)
+
+
+def test_a_config_yml_with_the_flat_occupancy_fields_loads_them_nested():
+    """config.yml files written between the occupancy grid and its nested config hold the 11 flat fields."""
+    from async_nerf_ns.model.occupancy import OccupancyConfig
+
+    header = "  model: !!python/object:async_nerf_ns.model.model.AsyncNerfModelConfig\n"
+    text = (FIXTURES / "main_4d66aac_small_a_config.yml").read_text()
+    assert header in text
+    flat = "".join(f"    occupancy_{f}: {v}\n" for f, v in (("grid_resolution", 64), ("dilation", 0), ("render_step_size", "null")))
+    model = yaml.load(text.replace(header, header + flat), Loader=yaml.Loader).pipeline.model
+    assert model.occupancy == OccupancyConfig(grid_resolution=64, dilation=0)
+    assert not [name for name in vars(model) if name.startswith("occupancy_")]

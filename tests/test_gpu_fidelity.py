@@ -165,8 +165,8 @@ def test_a_merged_render_chunk_of_four_cells_waits_three_times(scene, checkpoint
 def test_the_occupancy_grid_is_filled_on_the_device_and_chosen_for_the_viewer(scene, checkpoint, tmp_path):
     config = _config(scene, tmp_path)
     config.load_dir = checkpoint
-    config.pipeline.model.occupancy_grid_resolution = 16
-    config.pipeline.model.occupancy_grid_levels = 1
+    config.pipeline.model.occupancy.grid_resolution = 16
+    config.pipeline.model.occupancy.grid_levels = 1
     with emulated_cuda():
         trainer = _trainer(config, "cuda")
         model = trainer.pipeline.model
@@ -174,7 +174,7 @@ def test_the_occupancy_grid_is_filled_on_the_device_and_chosen_for_the_viewer(sc
         assert device.type == "cuda"
         assert occupancy.use_occupancy("auto", device, viewer=True, kernels_available=lambda: True)
         assert not occupancy.use_occupancy("auto", device, viewer=False, kernels_available=lambda: True)
-        grid = occupancy.fill_occupancy_grid(model)
+        grid = model.occupancy_renderer.fill()
         assert off_device(grid) == [], "the grid's buffers"
         occupied = float(host_value(grid.binaries).float().mean())
     assert 0.0 < occupied < 1.0

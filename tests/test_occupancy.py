@@ -28,11 +28,10 @@ from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
 from async_nerf_ns.model.occupancy import (
+    OccupancyConfig,
     OccupancyGrid,
     OccupancyUnavailable,
     fill_grid,
-    fill_occupancy_grid,
-    occupancy_renderer,
     pack_info,
     packed_median_depth,
     use_occupancy,
@@ -154,8 +153,8 @@ def test_asking_for_occupancy_where_it_cannot_run_says_why():
 
 # --- the model ---------------------------------------------------------------------------------------
 def test_a_config_yml_written_before_these_fields_reads_their_defaults():
-    """config.yml files are read with yaml.Loader, which sets only the fields they hold: the others must
-    be class attributes (plain defaults, no default_factory)."""
+    """config.yml files are read with yaml.Loader, which sets only the fields they hold: the others are
+    class attributes (plain defaults) or, for the nested occupancy options, built by ``__setstate__``."""
     from pathlib import Path
 
     import yaml
@@ -164,14 +163,8 @@ def test_a_config_yml_written_before_these_fields_reads_their_defaults():
         (Path(__file__).parent / "fixtures" / "main_4d66aac_small_a_config.yml").read_text(), Loader=yaml.Loader
     )
     model_config = old.pipeline.model
-    fields = [
-        f.name for f in dataclasses.fields(AsyncNerfModelConfig) if f.name.startswith(("eval_sampler", "occupancy_"))
-    ]
-    assert len(fields) == 12 and not any(name in vars(model_config) for name in fields)
-    assert {name: getattr(model_config, name) for name in fields} == {
-        name: getattr(AsyncNerfModelConfig(), name) for name in fields
-    }
-    assert model_config.eval_sampler == "auto"
+    assert model_config.eval_sampler == "auto" and "eval_sampler" not in vars(model_config)
+    assert model_config.occupancy == OccupancyConfig()
 
 
 CENTROIDS = torch.tensor([[-0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0]])
@@ -183,9 +176,7 @@ def model() -> AsyncNerfModel:
     config = dataclasses.replace(
         async_nerf_small_config().pipeline.model,
         implementation="torch",
-        occupancy_grid_resolution=8,
-        occupancy_grid_levels=2,
-        occupancy_cone_angle=0.0,
+        occupancy=OccupancyConfig(grid_resolution=8, grid_levels=2, cone_angle=0.0),
     )
     model = config.setup(
         scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])),
@@ -258,7 +249,7 @@ def test_training_batches_use_the_proposal_sampler_whatever_eval_sampler_says(mo
 
 def test_the_grid_is_filled_from_the_merged_density_and_is_in_no_state_dict(model: AsyncNerfModel):
     keys = set(model.state_dict())
-    grid = fill_occupancy_grid(model)
+    grid = model.occupancy_renderer.fill()
     assert set(model.state_dict()) == keys  # checkpoints keep their keys (tests/test_compat.py)
     # Level 0's voxel (1, 6, 2) of the 8^3 grid over the scene box [-1.5, 1.5]^3 (voxels 0.375 wide),
     # sampled at its 8 sub-voxel centres, against the merged field's density there.
@@ -365,10 +356,7 @@ def _slab_model(sigma: float, **options):
     """What OccupancyRenderer reads of a model, around a SlabField: nerfacto's renderers and config."""
     config = dataclasses.replace(
         AsyncNerfModelConfig(),
-        occupancy_grid_resolution=8,
-        occupancy_grid_levels=2,
-        occupancy_render_step_size=0.005,
-        occupancy_cone_angle=0.0,
+        occupancy=OccupancyConfig(grid_resolution=8, grid_levels=2, render_step_size=0.005, cone_angle=0.0),
         **options,
     )
     return SimpleNamespace(
@@ -384,6 +372,10 @@ def _slab_model(sigma: float, **options):
         normals_shader=NormalsShader(),
         device=torch.device("cpu"),
     )
+
+
+def _renderer(model) -> occupancy.OccupancyRenderer:
+    return occupancy.OccupancyRenderer(model.config.occupancy, model)
 
 
 def _down_rays(xy) -> RayBundle:
@@ -402,7 +394,7 @@ def _down_rays(xy) -> RayBundle:
 
 def test_rendering_a_slab_gives_the_analytic_opacity_colour_and_depths(cpu_nerfacc):
     sigma = 4.0
-    renderer = occupancy.OccupancyRenderer(_slab_model(sigma))
+    renderer = _renderer(_slab_model(sigma))
     out = renderer.render(_down_rays([[0.1, 0.2], [-0.3, 0.0], [0.8, 0.1]]))  # two through the slab, one beside it
     # Steps of 0.005 from t = 0 put exactly 50 sample midpoints in the slab (t in [0.5, 0.75]), so the
     # discrete sums equal the integrals: opacity 1 - exp(-sigma L), L = 0.25.
@@ -427,18 +419,18 @@ def test_rays_stop_early_in_an_opaque_slab(cpu_nerfacc):
     VolumetricSampler runs it only in training) all 50 slab samples, and the empty ones of the
     occupied voxels, would."""
     model = _slab_model(1000.0)
-    renderer = occupancy.OccupancyRenderer(model)
+    renderer = _renderer(model)
     out = renderer.render(_down_rays([[0.1, 0.2], [-0.3, 0.0]]))
     assert renderer.num_samples == 4
     assert out["accumulation"][:, 0].tolist() == pytest.approx([1 - math.exp(-10)] * 2, abs=1e-6)
     # The sampler's density check saw every sample of the occupied voxels along the rays, the field only 4.
-    assert renderer.num_density_evaluations > 50 * 2
+    assert renderer.sampler.num_density_evaluations > 50 * 2
     assert model.field.evaluated == 4 + 2  # the 4 samples and the 2 rays' far-end background colours
 
 
 def test_the_model_renders_through_the_grid_with_nerfactos_outputs(model: AsyncNerfModel, cpu_nerfacc, monkeypatch):
     monkeypatch.setattr(occupancy, "use_occupancy", lambda *args, **kwargs: True)  # as on CUDA
-    renderer = occupancy_renderer(model)
+    renderer = model.occupancy_renderer
     fills = []
     monkeypatch.setattr(renderer, "fill", lambda device, fill=renderer.fill: fills.append(device) or fill(device))
     renderer.sampler = None
@@ -459,13 +451,13 @@ def test_the_model_renders_through_the_grid_with_nerfactos_outputs(model: AsyncN
     image = {k: v.reshape(12, 12, -1) for k, v in first.items()}
     metrics, images = model.get_image_metrics_and_images(image, {"image": torch.rand(12, 12, 3)})
     assert "psnr" in metrics and "prop_depth_0" in images
-    # After occupancy_refresh_steps more cell steps the next render refills the grid.
-    model.cells[0].step_count += model.config.occupancy_refresh_steps
+    # After occupancy.refresh_steps more cell steps the next render refills the grid.
+    model.cells[0].step_count += model.config.occupancy.refresh_steps
     try:
         with torch.no_grad(), _sampler(model, "occupancy"):
             model(bundle)
     finally:
-        model.cells[0].step_count -= model.config.occupancy_refresh_steps
+        model.cells[0].step_count -= model.config.occupancy.refresh_steps
     assert len(fills) == 2
 
 

@@ -36,6 +36,7 @@ from torch.nn import Parameter
 
 from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY
 from async_nerf_ns.model import occupancy
+from async_nerf_ns.model.occupancy import OccupancyConfig, OccupancyRenderer
 from async_nerf_ns.model.cells import Cell, CellSampler
 from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
 from async_nerf_ns.model.lpips import offline_lpips
@@ -85,8 +86,6 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     eval_appearance_lr: float = 0.05
     """left-half: Adam's learning rate for the embeddings (measured on the example town with a tinted val
     split: 50 steps of 256 rays at 0.05 recovered +1.0 dB on the right halves, 100 steps at 0.01 +0.4 dB)."""
-    # Rendering the merged field with a nerfacc occupancy grid (occupancy.py). Plain defaults only:
-    # config.yml files written before these fields existed read them from the class.
     eval_sampler: occupancy.EvalSampler = "auto"
     """How the merged field is rendered (ns-viewer, ns-eval, ns-render; training always uses the proposal
     sampler): occupancy (a nerfacc occupancy grid skips empty space and stops rays early; CUDA only),
@@ -94,31 +93,17 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     kernels load, for interactive speed; the proposal sampler for ns-eval and ns-render, which report what
     the cells were trained to render, and on CPU). The occupancy path's speed and PSNR are not measured yet
     on a GPU (examples/bench_occupancy.py measures them)."""
-    occupancy_grid_resolution: int = 128
-    """Voxels along each axis of every level of the occupancy grid."""
-    occupancy_grid_levels: int = 4
-    """Levels of the grid: the first covers the scene box, each next one twice the previous extent.
-    Nothing beyond the last (box half-size x 2**(levels-1)) is sampled."""
-    occupancy_render_step_size: Optional[float] = None
-    """Smallest step along a ray (scene units); None: the scene box's diagonal / 1000 (instant-ngp's)."""
-    occupancy_cone_angle: float = 0.004
-    """Steps grow as distance x this (instant-ngp's value for real scenes; 0: constant steps)."""
-    occupancy_alpha_threshold: float = 0.01
-    """Samples whose opacity is below this are skipped (capped by the grid's mean occupancy, as nerfacc does)."""
-    occupancy_early_stop_eps: float = 1e-4
-    """A ray stops once its transmittance is below this."""
-    occupancy_threshold: float = 0.01
-    """A voxel is occupied where max density x render step exceeds min(this, the mean over all voxels)."""
-    occupancy_fill_samples: int = 2
-    """Density samples per voxel and axis when the grid is filled (this**3 per voxel; the voxel's max counts)."""
-    occupancy_dilation: int = 1
-    """Voxels added around every occupied voxel after the fill: a margin for surfaces the fill's samples
-    only graze (costs a few density samples per ray in front of each surface)."""
-    occupancy_fill_chunk: int = 1 << 20
-    """Points per density evaluation while the grid is filled (bounds its memory)."""
-    occupancy_refresh_steps: int = 1000
-    """The grid is refilled when the cells have trained this many steps (all cells together) since it was
-    filled, e.g. in a viewer during training; 0: never (fill_occupancy_grid refills on request)."""
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    """The occupancy grid of eval_sampler's occupancy path."""
+
+    def __setstate__(self, state: Dict) -> None:
+        """config.yml is read with yaml.Loader, which sets the fields a file holds without ``__init__``: a file
+        written before ``occupancy`` was one option (its 11 flat ``occupancy_*`` fields, or none) gets them
+        nested here; fields newer than the file (with plain defaults) are read from the class."""
+        state = dict(state)
+        if "occupancy" not in state:
+            state["occupancy"] = OccupancyConfig.from_flat(state)
+        self.__dict__.update(state)
 
 
 class AsyncNerfModel(NerfactoModel):
@@ -155,6 +140,7 @@ class AsyncNerfModel(NerfactoModel):
         self.density_fns = [MergedDensityFn(self.router, i) for i in range(self.config.num_proposal_iterations)]
         self.proposal_sampler = RoutedSampler(self.router)  # type: ignore[assignment]
         self.camera_optimizer = self._rig_pose_optimizer()  # type: ignore[assignment]
+        self.occupancy_renderer = OccupancyRenderer(self.config.occupancy, self)
         # nerfacto's schedule callbacks (annealing, sampler steps), run per cell on the cell's own steps.
         self.cell_schedule = NerfactoModel.get_training_callbacks(self, None)  # type: ignore[arg-type]
 
@@ -213,7 +199,7 @@ class AsyncNerfModel(NerfactoModel):
             with self.router.rendering(None):
                 viewer = in_viewer_thread()
                 if not self.training and occupancy.use_occupancy(self.config.eval_sampler, ray_bundle.origins.device, viewer):
-                    return occupancy.occupancy_renderer(self).render(ray_bundle)
+                    return self.occupancy_renderer.render(ray_bundle)
                 self._schedule_merged_sampler()
                 return self.get_outputs(ray_bundle)
         chosen = self.cells[cell]

@@ -17,14 +17,16 @@ occupancy grid, as nerfstudio's instant-ngp model does (``nerfstudio/models/inst
   contraction's cells do); the field evaluates its density with its own contraction. Content beyond
   the outermost level (box half-size x 2**(levels-1)) is not sampled; with nerfacto's default
   "last_sample" background those rays end on the field's colour at their far end, see below.
-- **Filled once** when first needed (the first render on CUDA), or on request (`fill_occupancy_grid`);
-  again when the cells have trained ``occupancy_refresh_steps`` more steps (a viewer during
+- **Options** in one `OccupancyConfig` (``--pipeline.model.occupancy.*``); the model builds its
+  `OccupancyRenderer` in ``populate_modules``, as instant-ngp builds its grid.
+- **Filled once** when first needed (the first render on CUDA), or on request (`OccupancyRenderer.fill`);
+  again when the cells have trained ``refresh_steps`` more steps (a viewer during
   training). The fill is deterministic: every voxel's occupancy is its largest density at
-  ``occupancy_fill_samples``**3 points inside it times the render step (instant-ngp's
+  ``fill_samples``**3 points inside it times the render step (instant-ngp's
   ``density * render_step_size``), binarised as nerfacc does (above min(mean, threshold)), then dilated
-  by ``occupancy_dilation`` voxels. nerfacc's own ``update_every_n_steps`` is a training-time EMA over
+  by ``dilation`` voxels. nerfacc's own ``update_every_n_steps`` is a training-time EMA over
   one random point per voxel per call, evaluated for the whole grid at once; here density is
-  evaluated in chunks of ``occupancy_fill_chunk`` points.
+  evaluated in chunks of ``fill_chunk`` points.
 - **Rendering** follows instant-ngp's ``get_outputs``: nerfstudio's `VolumetricSampler` (here with its
   density check on when rendering too, which is what stops rays early: nerfstudio's runs it only in
   training), the merged field on the surviving packed samples, nerfacc's weights, nerfstudio's
@@ -40,13 +42,16 @@ packed median depth and the choice of path are pure torch and run (and are teste
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import warnings
-from typing import Callable, Dict, Literal, Optional
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Dict, Literal, Optional
 
 import nerfacc
 import torch
+import tyro
 import torch.nn.functional as F
 from nerfacc import OccGridEstimator
 from nerfstudio.cameras.rays import Frustums, RayBundle, RaySamples
@@ -60,14 +65,55 @@ EvalSampler = Literal["auto", "proposal", "occupancy"]
 """How the merged field is rendered: auto (occupancy grid on CUDA, proposal sampler on CPU)."""
 
 DensityFn = Callable[[Tensor], Tensor]
-RENDERER_ATTRIBUTE = "_occupancy_renderer"
-"""Where a model keeps its `OccupancyRenderer`: a plain attribute, so the grid is in no state_dict."""
-
 
 HOW_TO_SET = (
     "ns-train: --pipeline.model.eval-sampler; ns-eval, ns-render, ns-viewer: pipeline.model.eval_sampler in the run's "
     "config.yml"
 )
+
+
+def _flat_flag(name: str):
+    """The option's flag from before it moved into `OccupancyConfig` (``--pipeline.model.occupancy-NAME``),
+    kept as an alias; config.yml files with the flat fields are read by ``AsyncNerfModelConfig.__setstate__``."""
+    return tyro.conf.arg(aliases=(f"--pipeline.model.occupancy-{name.replace('_', '-')}",))
+
+
+@dataclass
+class OccupancyConfig:
+    """The nerfacc occupancy grid that renders the merged field (``--pipeline.model.occupancy.*``; the old
+    flat flags ``--pipeline.model.occupancy-*`` are aliases)."""
+
+    grid_resolution: Annotated[int, _flat_flag("grid_resolution")] = 128
+    """Voxels along each axis of every level of the occupancy grid."""
+    grid_levels: Annotated[int, _flat_flag("grid_levels")] = 4
+    """Levels of the grid: the first covers the scene box, each next one twice the previous extent.
+    Nothing beyond the last (box half-size x 2**(levels-1)) is sampled."""
+    render_step_size: Annotated[Optional[float], _flat_flag("render_step_size")] = None
+    """Smallest step along a ray (scene units); None: the scene box's diagonal / 1000 (instant-ngp's)."""
+    cone_angle: Annotated[float, _flat_flag("cone_angle")] = 0.004
+    """Steps grow as distance x this (instant-ngp's value for real scenes; 0: constant steps)."""
+    alpha_threshold: Annotated[float, _flat_flag("alpha_threshold")] = 0.01
+    """Samples whose opacity is below this are skipped (capped by the grid's mean occupancy, as nerfacc does)."""
+    early_stop_eps: Annotated[float, _flat_flag("early_stop_eps")] = 1e-4
+    """A ray stops once its transmittance is below this."""
+    threshold: Annotated[float, _flat_flag("threshold")] = 0.01
+    """A voxel is occupied where max density x render step exceeds min(this, the mean over all voxels)."""
+    fill_samples: Annotated[int, _flat_flag("fill_samples")] = 2
+    """Density samples per voxel and axis when the grid is filled (this**3 per voxel; the voxel's max counts)."""
+    dilation: Annotated[int, _flat_flag("dilation")] = 1
+    """Voxels added around every occupied voxel after the fill: a margin for surfaces the fill's samples
+    only graze (costs a few density samples per ray in front of each surface)."""
+    fill_chunk: Annotated[int, _flat_flag("fill_chunk")] = 1 << 20
+    """Points per density evaluation while the grid is filled (bounds its memory)."""
+    refresh_steps: Annotated[int, _flat_flag("refresh_steps")] = 1000
+    """The grid is refilled when the cells have trained this many steps (all cells together) since it was
+    filled, e.g. in a viewer during training; 0: never (``OccupancyRenderer.fill`` refills on request)."""
+
+    @classmethod
+    def from_flat(cls, state: Dict[str, Any]) -> "OccupancyConfig":
+        """The options among a model config's flat ``occupancy_*`` fields (popped from ``state``), over the defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: state.pop(f"occupancy_{name}") for name in names if f"occupancy_{name}" in state})
 
 
 class OccupancyUnavailable(RuntimeError):
@@ -243,12 +289,15 @@ def packed_median_depth(
 class OccupancyRenderer:
     """A model's occupancy grid and its rendering of the merged field (see the module docstring).
 
-    Not an ``nn.Module``: nothing of it is in the model's state_dict. The grid lives on the device of
-    the rays it renders, built there when first needed.
+    Built in the model's ``populate_modules``, as instant-ngp builds its grid, but not an ``nn.Module``:
+    nothing of it is in the model's state_dict (checkpoints keep their keys). The grid lives on the device
+    of the rays it renders, built there when first needed.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, config: OccupancyConfig, model) -> None:
+        self.config = config
         self.model = model
+        """The model whose merged field, nerfacto renderers and planes render the packed samples."""
         self.sampler: Optional[RenderingVolumetricSampler] = None
         self.filled_at_steps = 0
         self.num_rays = 0
@@ -259,99 +308,98 @@ class OccupancyRenderer:
         return None if self.sampler is None else self.sampler.occupancy_grid  # type: ignore[return-value]
 
     @property
-    def num_density_evaluations(self) -> int:
-        return 0 if self.sampler is None else self.sampler.num_density_evaluations
-
-    @property
     def render_step_size(self) -> float:
-        step = self.model.config.occupancy_render_step_size
+        step = self.config.render_step_size
         return auto_render_step_size(self.model.scene_box.aabb) if step is None else float(step)
 
     def trained_steps(self) -> int:
         return sum(cell.step_count for cell in self.model.cells)
 
     def is_stale(self, device: torch.device) -> bool:
-        """No grid on ``device`` yet, or the cells trained ``occupancy_refresh_steps`` since the fill."""
+        """No grid on ``device`` yet, or the cells trained ``refresh_steps`` since the fill."""
         grid = self.grid
         if grid is None or grid.occs.device != torch.device(device):
             return True
-        refresh = self.model.config.occupancy_refresh_steps
+        refresh = self.config.refresh_steps
         return refresh > 0 and abs(self.trained_steps() - self.filled_at_steps) >= refresh
 
-    def fill(self, device: torch.device) -> OccupancyGrid:
-        """A new grid on ``device``, filled from the merged field's density."""
-        config = self.model.config
-        if config.occupancy_grid_resolution < 1 or config.occupancy_grid_levels < 1 or self.render_step_size <= 0:
+    def fill(self, device: Optional[torch.device] = None) -> OccupancyGrid:
+        """A new grid on ``device`` (default: the model's), filled from the merged field's density."""
+        config, device = self.config, torch.device(device if device is not None else self.model.device)
+        if config.grid_resolution < 1 or config.grid_levels < 1 or self.render_step_size <= 0:
             raise ValueError(
-                "occupancy grid: occupancy_grid_resolution and occupancy_grid_levels must be >= 1 and "
-                f"occupancy_render_step_size > 0 (got {config.occupancy_grid_resolution}, "
-                f"{config.occupancy_grid_levels}, {self.render_step_size})"
+                "occupancy grid: occupancy.grid_resolution and occupancy.grid_levels must be >= 1 and "
+                f"occupancy.render_step_size > 0 (got {config.grid_resolution}, {config.grid_levels}, "
+                f"{self.render_step_size})"
             )
         self.sampler = None  # the old grid's memory is free before the new one is built
         grid = OccupancyGrid(
             roi_aabb=self.model.scene_box.aabb.flatten().float(),
-            resolution=config.occupancy_grid_resolution,
-            levels=config.occupancy_grid_levels,
-            early_stop_eps=config.occupancy_early_stop_eps,
+            resolution=config.grid_resolution,
+            levels=config.grid_levels,
+            early_stop_eps=config.early_stop_eps,
         ).to(device)
         started = time.perf_counter()
         CONSOLE.print(
-            f"Filling the occupancy grid ({config.occupancy_grid_levels} levels of "
-            f"{config.occupancy_grid_resolution}^3) from the merged field ..."
+            f"Filling the occupancy grid ({config.grid_levels} levels of {config.grid_resolution}^3) from the merged field ..."
         )
-        with self.model.router.rendering(None):
-            fill_grid(
-                grid,
-                self.model.field.density_fn,
-                self.render_step_size,
-                config.occupancy_threshold,
-                config.occupancy_fill_samples,
-                config.occupancy_dilation,
-                config.occupancy_fill_chunk,
-            )
+        density_fn = self.model.field.density_fn
+        fill_grid(
+            grid, density_fn, self.render_step_size, config.threshold, config.fill_samples, config.dilation, config.fill_chunk
+        )
         occupied = float(grid.binaries.float().mean())
         CONSOLE.print(f"  done in {time.perf_counter() - started:.1f} s: {100 * occupied:.1f}% of voxels occupied")
-        self.sampler = RenderingVolumetricSampler(grid, self.model.field.density_fn).eval()
+        self.sampler = RenderingVolumetricSampler(grid, density_fn).eval()
         self.filled_at_steps = self.trained_steps()
         return grid
 
+    def samples_per_ray(self) -> Dict[str, float]:
+        """Mean density evaluations (the sampler's check) and field evaluations per rendered ray."""
+        rays = max(self.num_rays, 1)
+        evaluations = 0 if self.sampler is None else self.sampler.num_density_evaluations
+        return {"density_evaluations_per_ray": evaluations / rays, "field_evaluations_per_ray": self.num_samples / rays}
+
     def render(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         """nerfacto's outputs for ``ray_bundle`` (collider applied), from packed occupancy-grid samples."""
-        model, config = self.model, self.model.config
-        if self.is_stale(ray_bundle.origins.device):
-            self.fill(ray_bundle.origins.device)
-        assert self.sampler is not None
-        num_rays = len(ray_bundle)
-        with torch.no_grad():
-            ray_samples, ray_indices = self.sampler(
-                ray_bundle=ray_bundle,
-                render_step_size=self.render_step_size,
-                near_plane=config.near_plane,
-                far_plane=config.far_plane,
-                alpha_thre=config.occupancy_alpha_threshold,
-                cone_angle=config.occupancy_cone_angle,
-            )
-        self.num_rays += num_rays
-        self.num_samples += len(ray_indices)
-        field_outputs = model.field(ray_samples, compute_normals=config.predict_normals)
-        packed_info = pack_info(ray_indices, num_rays)
+        ray_samples, ray_indices = self._sample(ray_bundle)
+        field_outputs = self.model.field(ray_samples, compute_normals=self.model.config.predict_normals)
+        packed_info = pack_info(ray_indices, len(ray_bundle))
         weights = nerfacc.render_weight_from_density(
             t_starts=ray_samples.frustums.starts[..., 0],
             t_ends=ray_samples.frustums.ends[..., 0],
             sigmas=field_outputs[FieldHeadNames.DENSITY][..., 0].float(),
             packed_info=packed_info,
         )[0][..., None]
+        return self._outputs(ray_bundle, ray_samples, field_outputs, weights, ray_indices, packed_info)
+
+    def _sample(self, ray_bundle: RayBundle):
+        """The packed samples of the grid's marching that pass its density check (filling the grid first if stale)."""
+        if self.is_stale(ray_bundle.origins.device):
+            self.fill(ray_bundle.origins.device)
+        assert self.sampler is not None
+        with torch.no_grad():
+            ray_samples, ray_indices = self.sampler(
+                ray_bundle=ray_bundle,
+                render_step_size=self.render_step_size,
+                near_plane=self.model.config.near_plane,
+                far_plane=self.model.config.far_plane,
+                alpha_thre=self.config.alpha_threshold,
+                cone_angle=self.config.cone_angle,
+            )
+        self.num_rays += len(ray_bundle)
+        self.num_samples += len(ray_indices)
+        return ray_samples, ray_indices
+
+    def _outputs(self, ray_bundle, ray_samples, field_outputs, weights, ray_indices, packed_info) -> Dict[str, Tensor]:
+        """nerfacto's output keys, by the model's own nerfacto renderers on packed samples."""
+        model, num_rays = self.model, len(ray_bundle)
         packed = {"ray_indices": ray_indices, "num_rays": num_rays}
         rgb = model.renderer_rgb(
-            rgb=field_outputs[FieldHeadNames.RGB].float(),
-            weights=weights,
-            background_color=self._background(ray_bundle),
-            **packed,
+            rgb=field_outputs[FieldHeadNames.RGB].float(), weights=weights, background_color=self._background(ray_bundle), **packed
         )
-        far = self._far(ray_bundle)
         if model.renderer_depth.method == "median":
             steps = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
-            depth = packed_median_depth(weights, steps, ray_indices, packed_info, far)
+            depth = packed_median_depth(weights, steps, ray_indices, packed_info, self._far(ray_bundle))
         else:
             depth = model.renderer_depth(weights=weights, ray_samples=ray_samples, **packed)
         outputs: Dict[str, Tensor] = {
@@ -360,13 +408,11 @@ class OccupancyRenderer:
             "depth": depth,
             "expected_depth": model.renderer_expected_depth(weights=weights, ray_samples=ray_samples, **packed),
         }
-        if config.predict_normals:
+        if model.config.predict_normals:
             for key, head in (("normals", FieldHeadNames.NORMALS), ("pred_normals", FieldHeadNames.PRED_NORMALS)):
-                summed = nerfacc.accumulate_along_rays(
-                    weights[..., 0], field_outputs[head].float(), ray_indices, num_rays
-                )
+                summed = nerfacc.accumulate_along_rays(weights[..., 0], field_outputs[head].float(), ray_indices, num_rays)
                 outputs[key] = model.normals_shader(safe_normalize(summed))
-        for i in range(config.num_proposal_iterations):
+        for i in range(model.config.num_proposal_iterations):
             outputs[f"prop_depth_{i}"] = depth  # no proposal stages here; ns-eval's images show these
         return outputs
 
@@ -392,26 +438,3 @@ class OccupancyRenderer:
             times=ray_bundle.times,
         )
         return self.model.field(ends)[FieldHeadNames.RGB].float()
-
-
-def occupancy_renderer(model) -> OccupancyRenderer:
-    """The model's `OccupancyRenderer` (made on first use; kept as a plain attribute of the model)."""
-    renderer = getattr(model, RENDERER_ATTRIBUTE, None)
-    if renderer is None:
-        renderer = OccupancyRenderer(model)
-        setattr(model, RENDERER_ATTRIBUTE, renderer)
-    return renderer
-
-
-def fill_occupancy_grid(model, device: Optional[torch.device] = None) -> OccupancyGrid:
-    """Fill (or refill) ``model``'s occupancy grid now, on ``device`` (default: the model's)."""
-    return occupancy_renderer(model).fill(torch.device(device) if device is not None else model.device)
-
-
-def samples_per_ray(renderer: OccupancyRenderer) -> Dict[str, float]:
-    """Mean density evaluations (the sampler's check) and field evaluations per rendered ray."""
-    rays = max(renderer.num_rays, 1)
-    return {
-        "density_evaluations_per_ray": renderer.num_density_evaluations / rays,
-        "field_evaluations_per_ray": renderer.num_samples / rays,
-    }
