@@ -531,3 +531,29 @@ def test_folder_depth_time_offset(raw, tmp_path):
     assert f"depth track {TRACK}: +200.000 ms added to its stamps (RGB clock)" in summary.notes
     with pytest.raises(RawDataError, match="--depth-time-offset names track 'tof'"):
         convert_raw(config(raw, tmp_path / "out2", depth_time_offset={"tof": 0.2}))
+
+
+# --- masks ----------------------------------------------------------------------------------------
+
+
+def test_a_mask_folder_gives_masks_beside_the_frames_and_bad_masks_are_named(raw, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    keep = np.zeros((6, 8), dtype=np.uint8)
+    keep[:, 4:] = 255
+    Image.fromarray(keep).save(masks / f"{stem(RGB_T[0])}.png")
+    Image.fromarray(keep).save(masks / f"{stem(RGB_T[4])}.png")  # val frame: RGB_T[4] with val_every 8
+    Image.fromarray(keep).save(masks / "not_a_frame.png")
+    out = tmp_path / "out"
+    with pytest.warns(LayoutWarning, match="not_a_frame.png: 1 file"):
+        summary = convert_raw(config(raw, out, mask_folder=masks))
+    assert summary.counts["train"]["masks"] == 1 and summary.counts["val"]["masks"] == 1
+    frames = {frame.stem: frame for split in ("train", "val") for frame in read_layout(out).splits[split].rgb}
+    assert sorted(stem for stem, frame in frames.items() if frame.mask_path) == sorted([stem(RGB_T[0]), stem(RGB_T[4])])
+    np.testing.assert_array_equal(np.asarray(Image.open(frames[stem(RGB_T[0])].mask_path)), keep)
+    assert json.loads((out / MANIFEST_FILE).read_text())["mask_folder"] == str(masks.resolve())
+
+    Image.fromarray(keep[:3]).save(masks / f"{stem(RGB_T[1])}.png")
+    with pytest.raises(RawDataError, match="mask is 8x3, the RGB frames are 8x6") as error:
+        convert_raw(config(raw, tmp_path / "out2", mask_folder=masks))
+    assert error.value.path == masks / f"{stem(RGB_T[1])}.png" and not (tmp_path / "out2").exists()

@@ -426,6 +426,19 @@ def test_depth_time_offset_moves_a_track_onto_the_rgb_clock(tmp_path, ros2):
     assert "depth track tof: +30.000 ms added to its stamps (RGB clock)" in summary.notes
 
 
+
+def test_a_mask_folder_names_masks_by_the_frames_stamps(tmp_path, ros2):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    keep = np.full((6, 8), 255, dtype=np.uint8)
+    keep[:2] = 0
+    Image.fromarray(keep).save(masks / f"{stem_of(ns(RGB_T[1]))}.png")
+    summary, layout = convert(tmp_path, mask_folder=masks)
+    masked = [f for f in all_frames(layout) if f.mask_path is not None]
+    assert [f.stem for f in masked] == [stem_of(ns(RGB_T[1]))] and summary.counts["train"]["masks"] == 1
+    np.testing.assert_array_equal(np.asarray(Image.open(masked[0].mask_path)), keep)
+
+
 # --- the console command ------------------------------------------------------------------------
 
 

@@ -62,6 +62,7 @@ from async_nerf_ns.convert.frame_poses import (
     poses_for_frames,
     select_frames,
 )
+from async_nerf_ns.convert.masks import attach_masks
 from async_nerf_ns.convert.output_folder import OutputFolderError, discard, files_to_replace, staging_folder
 from async_nerf_ns.convert.poses import raw_c2w_to_drb
 from async_nerf_ns.convert.tf_chain import TfError, TfTree
@@ -635,6 +636,7 @@ def _record(config: BagConfig, bag: Path, summary: ConversionSummary) -> Dict[st
         "interpolation": config.interpolation,
         "depth_time_offset": config.depth_time_offset,
         "val_every": config.val_every,
+        "mask_folder": None if config.mask_folder is None else str(Path(config.mask_folder).expanduser().resolve()),
         **summary_record(summary),
     }
 
@@ -722,7 +724,8 @@ def _write_staged(
     rgb_intrinsics = _intrinsics(plan.rgb, config.rgb_intrinsics, collected, plan, bag, notes)
     rgb_poses_drb = _pose_rgb_frames(config, plan, collected, bag, notes)
     depth = _depth_streams(config, plan, collected, bag, notes)
-    summary = write_dataset(staged, _out_stream(plan.rgb, rgb_intrinsics, 0.0, None), rgb_poses_drb, depth,
+    rgb = attach_masks(_out_stream(plan.rgb, rgb_intrinsics, 0.0, None), config.mask_folder)
+    summary = write_dataset(staged, rgb, rgb_poses_drb, depth,
                             config.val_every, show_progress, bag)
     summary.notes = notes
     return summary

@@ -46,6 +46,10 @@ class CommonOptions:
     behind the RGB clock). The layout's timestamps, the nearest-RGB prior pose and the split are then
     on the RGB clock; file names keep the sensor's own stamp. An offset you do not know is estimated
     by stage 1 instead (see README, clock offsets)."""
+    mask_folder: Optional[Path] = None
+    """PNG masks (one channel, 0 = ignore the pixel: moving cars and people) named like the RGB frames they
+    belong to (the raw file's stem; for a bag, the frame's stamp as the dataset names it, e.g.
+    1667117650.123456789.png); written as masks/STEM.png. Frames without one keep every pixel."""
     val_every: int = 8
     """Frames N//2, N//2 + N, N//2 + 2N, ... (in time order) of each stream go to val/, the rest to
     train/; starting at N//2 keeps val frames inside the train time span. At least 2."""

@@ -23,6 +23,7 @@ from PIL import Image
 
 from async_nerf_ns.convert.config import ConvertConfig
 from async_nerf_ns.convert.errors import RawDataError
+from async_nerf_ns.convert.masks import attach_masks
 from async_nerf_ns.convert.output_folder import discard, files_to_replace, staging_folder
 from async_nerf_ns.convert.raw_capture import RAW_RGB_DIR, RAW_RGB_POSES_DIR, RawStream, read_raw
 from async_nerf_ns.convert.writer import (
@@ -84,6 +85,7 @@ def _record(config: ConvertConfig, summary: ConversionSummary) -> Dict[str, Any]
         "camera_to_body": config.camera_to_body,
         "depth_time_offset": config.depth_time_offset,
         "val_every": config.val_every,
+        "mask_folder": None if config.mask_folder is None else str(Path(config.mask_folder).expanduser().resolve()),
         **summary_record(summary),
     }
 
@@ -112,7 +114,7 @@ def convert_raw(config: ConvertConfig, show_progress: bool = False) -> Conversio
 
     staged = staging_folder(out)
     try:
-        rgb_out = _out_stream(rgb)
+        rgb_out = attach_masks(_out_stream(rgb), config.mask_folder)
         summary = write_dataset(
             staged, rgb_out, np.stack([rgb.poses_drb[stem] for stem in rgb.stems]),
             {track: _out_stream(stream, scales.get(track)) for track, stream in depth.items()},

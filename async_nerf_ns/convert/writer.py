@@ -38,7 +38,7 @@ class ConversionSummary:
     pose_scale_factor: float
     """Largest distance of an RGB camera from origin_drb, metres."""
     counts: Dict[str, Dict[str, int]]
-    """split -> stream ('rgb' or a track) -> number of frames."""
+    """split -> stream ('rgb', a track, or 'masks' where RGB frames have them) -> number of frames."""
     pose_gt_counts: Dict[str, int]
     """track -> number of depth frames with a true pose."""
     notes: List[str] = field(default_factory=list)
@@ -56,6 +56,8 @@ class OutFrame:
     """Writes the frame's file at the given path without suffix (it adds its own); returns the file."""
     pose_gt_drb: Optional[np.ndarray] = None
     """True pose (depth frames, evaluation only), DRB metres (3, 4)."""
+    write_mask: Optional[Callable[[Path], Path]] = None
+    """RGB frames with a mask: writes masks/STEM.png as `write` writes the frame."""
 
 
 @dataclass
@@ -124,6 +126,8 @@ def write_dataset(
         }
         if track is None:
             frame.write(target(split, "rgbs", frame.stem))
+            if frame.write_mask is not None:
+                frame.write_mask(target(split, "masks", frame.stem))
             meta["c2w"] = torch.tensor(rgb_c2w[index], dtype=torch.float64)
             torch.save(meta, target(split, "metadata", frame.stem + ".pt"))
             continue
@@ -137,7 +141,7 @@ def write_dataset(
             pose = normalise_c2w(frame.pose_gt_drb, origin, scale)
             np.savetxt(target(split, f"pose_gt_{track}", frame.stem + ".txt"), pose, fmt="%.17g")
 
-    names = {"rgbs": RGB_STREAM, **{f"depth_{t}": t for t in depth}}
+    names = {"rgbs": RGB_STREAM, "masks": "masks", **{f"depth_{t}": t for t in depth}}
     return ConversionSummary(
         out=folder,
         origin_drb=origin,
