@@ -37,8 +37,9 @@ from scipy.spatial.transform import Rotation
 # Camera axes (OpenGL) are the same in both frames, so c2w_drb = M^T @ c2w_town.
 M_TOWN_FROM_DRB = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
 
-GROUND, TERRACE, BUILDING = 0, 1, 2
-"""Box kinds; `Scene.render` labels background (sky) pixels with SKY."""
+GROUND, TERRACE, BUILDING, MOVER = 0, 1, 2, 3
+"""Box kinds (MOVER: a car driving along a street, `Movers`); `Scene.render` labels background (sky)
+pixels with SKY."""
 SKY = -1
 
 
@@ -116,6 +117,17 @@ class SceneSpec:
     """Camera pitch below the horizon; varies sinusoidally within it."""
     yaw_swing_deg: float = 50.0
     """The camera heads towards the town centre plus a sinusoidal swing of this amplitude."""
+    appearance_drift: float = 0.0
+    """Exposure and tint that change slowly along the flight (sun, clouds, auto-exposure): RGB frame colours
+    are multiplied per channel by 1 + appearance_drift * sin(2 pi t / period + phase_c), phases 0, 2pi/3,
+    4pi/3 for R, G, B, period = the capture's duration; so parts of the town flown over at different
+    times are seen in different light, and cells trained apart disagree. 0: constant light."""
+    num_movers: int = 0
+    """Cars driving along the streets (4.5 x 2 x 1.6 m boxes at 8-15 m/s), seen by the RGB camera only (the
+    depth track stays static, so depth supervision is not what moving objects are measured against)."""
+    write_masks: bool = True
+    """With movers: write masks/STEM.png for RGB frames that see one (0 where a car covers any part of a
+    pixel), nerfstudio's convention."""
     write_preview: bool = True
     """Also write preview.png at the dataset root: a contact sheet of RGB and depth frames."""
 
@@ -363,6 +375,10 @@ class Scene:
             tiles = 1.0 + 0.05 * np.sin(np.pi * x[m] / 6.0) * np.sin(np.pi * y[m] / 6.0)
             rgb[m] = self.top_rgb[b] * (tiles * (1.0 - 0.3 * parapet))[:, None]
 
+        m = top & (kind == MOVER)
+        if m.any():
+            rgb[m] = self.top_rgb[box[m]]
+
         walls = ~top
         m = walls & (kind == BUILDING)
         if m.any():
@@ -410,6 +426,56 @@ class Scene:
             rgb[hit] = self.surface_rgb(points, box[hit], axis[hit], dirs[hit])
         label = np.where(hit, self.kind[np.maximum(box, 0)], SKY)
         return rgb, t, label
+
+
+class Movers:
+    """Cars driving along the town's streets; ``boxes(t)`` are their boxes at time t (s after the first frame).
+
+    Each car keeps to one street of the grid (the main roads through the centre among them), in a lane
+    2 m off its centre line, at a constant speed, wrapping around at the town's edge."""
+
+    SIZE_M = (4.5, 2.0, 1.6)
+    COLOURS = np.array([[0.85, 0.12, 0.10], [0.95, 0.95, 0.92], [0.10, 0.12, 0.14], [0.15, 0.30, 0.75], [0.95, 0.75, 0.10]])
+
+    def __init__(self, spec: SceneSpec, rng: np.random.Generator) -> None:
+        e, block = spec.town_half_extent_m, spec.block_size_m
+        streets = np.arange(-e, e + block / 2, block)  # the street grid's centre lines (main roads at 0 among them)
+        n = spec.num_movers
+        self.extent = e
+        self.axis = rng.integers(2, size=n)  # 0: drives along x, 1: along y
+        self.line = rng.choice(streets, size=n) + rng.choice([-2.0, 2.0], size=n)
+        self.start = rng.uniform(-e, e, size=n)
+        self.speed = rng.uniform(8.0, 15.0, size=n) * rng.choice([-1.0, 1.0], size=n)
+        self.colour = self.COLOURS[rng.integers(len(self.COLOURS), size=n)]
+
+    def boxes(self, t: float) -> Tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) (n, 3) of the cars at time t."""
+        e = self.extent
+        along = (self.start + self.speed * t + e) % (2 * e) - e
+        centre = np.zeros((len(self.axis), 3))
+        centre[np.arange(len(self.axis)), self.axis] = along
+        centre[np.arange(len(self.axis)), 1 - self.axis] = self.line
+        half = np.zeros_like(centre)
+        half[np.arange(len(self.axis)), self.axis] = self.SIZE_M[0] / 2
+        half[np.arange(len(self.axis)), 1 - self.axis] = self.SIZE_M[1] / 2
+        centre[:, 2] = half[:, 2] = self.SIZE_M[2] / 2
+        return centre - half, centre + half
+
+    def scene_at(self, scene: "Scene", t: float) -> "Scene":
+        """``scene`` with the cars at time t added as boxes of kind MOVER."""
+        if len(self.axis) == 0:
+            return scene
+        lo, hi = self.boxes(t)
+        kind = np.full(len(lo), MOVER)
+        return Scene(np.concatenate([scene.lo, lo]), np.concatenate([scene.hi, hi]), np.concatenate([scene.kind, kind]),
+                     np.concatenate([scene.wall_rgb, self.colour * 0.8]), np.concatenate([scene.top_rgb, self.colour]),
+                     scene.block_rgb, scene.field_rgb, scene.sun_dir, scene.spec)
+
+
+def appearance_gain(spec: SceneSpec, t: np.ndarray, duration: float) -> np.ndarray:
+    """(n, 3) per-channel colour gains of RGB frames at times t (s) of a capture lasting ``duration`` s."""
+    phases = np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3])
+    return 1.0 + spec.appearance_drift * np.sin(2 * np.pi * np.asarray(t)[:, None] / max(duration, 1e-9) + phases)
 
 
 # ---------------------------------------------------------------------------------- trajectory
@@ -492,13 +558,16 @@ def camera_dirs(
 
 
 def render_rgb(scene: Scene, rotation: np.ndarray, position: np.ndarray, width: int, height: int,
-               intrinsics: np.ndarray, supersample: int) -> Tuple[np.ndarray, np.ndarray]:
-    """An 8-bit RGB image (H, W, 3) and the labels of each pixel's supersample x supersample rays (H, W, S*S)."""
+               intrinsics: np.ndarray, supersample: int, gain: np.ndarray | None = None) -> Tuple[np.ndarray, np.ndarray]:
+    """An 8-bit RGB image (H, W, 3) and the labels of each pixel's supersample x supersample rays (H, W, S*S);
+    ``gain`` (3,) multiplies the colours (the frame's exposure and tint)."""
     d = _camera_dirs_cached(width, height, tuple(intrinsics), supersample).reshape(-1, 3) @ rotation.T
     boxes = scene.boxes_in_view(rotation, position, intrinsics, width, height)
     # float32 is plenty for colour (sub-millimetre hit points); depth frames use float64.
     rgb, _, label = scene.render(position.astype(np.float32), d.astype(np.float32), boxes)
     rgb = rgb.reshape(height, width, supersample * supersample, 3).mean(axis=2)
+    if gain is not None:
+        rgb = rgb * gain
     image = np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
     return image, label.reshape(height, width, -1)
 
@@ -530,6 +599,8 @@ def _rotation_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _validate(spec: SceneSpec) -> None:
     checks = {
         "num_rgb must be at least 2": spec.num_rgb >= 2,
+        "appearance_drift must be in [0, 0.5]": 0.0 <= spec.appearance_drift <= 0.5,
+        "num_movers must be non-negative": spec.num_movers >= 0,
         "width, height, depth_width, depth_height must be positive":
             min(spec.width, spec.height, spec.depth_width, spec.depth_height) > 0,
         "supersample must be at least 1": spec.supersample >= 1,
@@ -554,6 +625,11 @@ def build(spec: SceneSpec) -> Tuple[Scene, Trajectory, np.random.Generator]:
     Each part has its own random stream, so e.g. changing the number of frames keeps the town."""
     rng_scene, rng_traj, rng_time = (np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(3))
     return Scene.from_spec(spec, rng_scene), Trajectory(spec, rng_traj), rng_time
+
+
+def build_movers(spec: SceneSpec) -> Movers:
+    """The cars of a spec, from a fourth random stream (the town, path and times stay as without them)."""
+    return Movers(spec, np.random.default_rng(np.random.SeedSequence(spec.seed).spawn(4)[3]))
 
 
 def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool = False) -> Path:
@@ -613,14 +689,23 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
     torch.save({"origin_drb": torch.tensor(origin_drb, dtype=torch.float64), "pose_scale_factor": scale},
                out_dir / "coordinates.pt")
 
-    rgb_c2w, sky_fraction, previews = [], [], []
+    rgb_c2w, sky_fraction, previews, mover_fraction = [], [], [], []
+    movers = build_movers(spec)
+    gains = appearance_gain(spec, rgb_ms / 1000, rgb_ms[-1] / 1000)
     for i, stem in enumerate(stems["rgb"]):
-        image, label = render_rgb(scene, rot_rgb[i], pos_rgb[i], spec.width, spec.height, k_rgb, spec.supersample)
+        seen = movers.scene_at(scene, rgb_ms[i] / 1000)
+        image, label = render_rgb(seen, rot_rgb[i], pos_rgb[i], spec.width, spec.height, k_rgb, spec.supersample,
+                                  gains[i] if spec.appearance_drift else None)
         c2w = c2w_drb(rot_rgb[i], pos_rgb[i])
         rgb_c2w.append(torch.tensor(c2w, dtype=torch.float32))
         sky_fraction.append(float((label == SKY).mean()))
         split = out_dir / split_of(i)
         Image.fromarray(image).save(split / "rgbs" / f"{stem}.png")
+        covered = (label == MOVER).any(axis=-1)
+        mover_fraction.append(float(covered.mean()))
+        if covered.any() and spec.write_masks:
+            (split / "masks").mkdir(exist_ok=True)
+            Image.fromarray(np.where(covered, 0, 255).astype(np.uint8)).save(split / "masks" / f"{stem}.png")
         torch.save({"W": spec.width, "H": spec.height, "intrinsics": torch.tensor(k_rgb, dtype=torch.float32),
                     "c2w": rgb_c2w[-1], "timestamp": float(stem)}, split / "metadata" / f"{stem}.pt")
         np.savetxt(split / "pose_gt_rgb" / f"{stem}.txt", c2w, fmt="%.17g")
@@ -654,11 +739,16 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
         "depth_valid_fraction_mean": float(np.mean(valid_fraction)),
         "speed_mps": {"min": float(speed.min()), "mean": float(speed.mean()), "max": float(speed.max())},
     }
+    if spec.num_movers:
+        summary["mover_pixel_fraction"] = {"mean": float(np.mean(mover_fraction)), "max": float(np.max(mover_fraction)),
+                                           "frames_with_movers": int(np.count_nonzero(mover_fraction))}
+    if spec.appearance_drift:
+        summary["rgb_gain"] = {"min": gains.min(axis=0).tolist(), "max": gains.max(axis=0).tolist()}
     description = {
         "generator": "examples/make_scene.py", "spec": asdict(spec), "summary": summary,
         "town_frame": "metres, z up; p_town = M @ p_drb_metres with M = [[0,1,0],[0,0,-1],[-1,0,0]]",
         "boxes_town_m": {"lo": scene.lo.tolist(), "hi": scene.hi.tolist(), "kind": scene.kind.tolist(),
-                         "kind_names": {GROUND: "ground", TERRACE: "terrace", BUILDING: "building"}},
+                         "kind_names": {GROUND: "ground", TERRACE: "terrace", BUILDING: "building", MOVER: "mover"}},
     }
     (out_dir / "scene.json").write_text(json.dumps(description, indent=2))
     if spec.write_preview:

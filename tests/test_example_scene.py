@@ -21,7 +21,9 @@ from examples.make_scene import (
     GROUND,
     SKY,
     SceneSpec,
+    appearance_gain,
     build,
+    build_movers,
     camera_dirs,
     generate_scene,
     intrinsics_for,
@@ -282,3 +284,40 @@ def test_command_line_writes_a_dataset(tmp_path, capsys):
     with pytest.raises(FileExistsError, match="not empty"):
         main(args)
     main([*args, "--overwrite"])
+
+
+def test_appearance_drift_and_movers_with_their_masks(dataset, tmp_path):
+    """With drift, every frame is the constant-light frame times its per-channel gain (within 8-bit rounding);
+    with movers, the pixels that differ from the empty-street frame are exactly those its mask sets to 0
+    (a car covers part of every masked pixel; one whose colour happens to equal the street's may not show)."""
+    spec = dataclasses.replace(SMALL, appearance_drift=0.25, num_movers=60)
+    town = generate_scene(tmp_path / "town", spec)
+    summary = json.loads((town / "scene.json").read_text())["summary"]
+    assert summary["rgb_gain"]["min"][0] < 0.8 and summary["rgb_gain"]["max"][0] > 1.2
+    assert summary["mover_pixel_fraction"]["frames_with_movers"] > 0
+    scene, trajectory, _ = build(spec)
+    movers = build_movers(spec)
+    k = intrinsics_for(spec.width, spec.height, spec.hfov_deg)
+    checked_masks = 0
+    for split, path, meta in frames(town, "metadata"):
+        t = round((meta["timestamp"] - spec.start_time) * 1000) / 1000  # the generator's integer milliseconds
+        rotation, position = (a[0] for a in trajectory.pose(np.array([t])))
+        gain = appearance_gain(spec, np.array([t]), summary_duration(town))[0]
+        plain, _ = render_rgb(scene, rotation, position, spec.width, spec.height, k, spec.supersample)
+        written = np.asarray(Image.open(town / split / "rgbs" / f"{path.stem}.png")).astype(float)
+        empty, _ = render_rgb(scene, rotation, position, spec.width, spec.height, k, spec.supersample, gain)
+        mask_path = town / split / "masks" / f"{path.stem}.png"
+        keep = np.asarray(Image.open(mask_path)) > 0 if mask_path.exists() else np.ones(written.shape[:2], dtype=bool)
+        changed = np.abs(written - empty).max(axis=-1) > 0
+        assert not (changed & keep).any()  # nothing but a car changes a pixel, and every car pixel is masked
+        checked_masks += not keep.all()
+        unclipped = keep & (plain.max(axis=-1) < 190) & (plain.min(axis=-1) > 20)
+        ratio = written[unclipped] / plain[unclipped].astype(float)
+        assert np.abs(np.median(ratio, axis=0) - gain).max() < 0.01 and np.abs(ratio - gain).max() < 0.06
+    assert checked_masks == summary["mover_pixel_fraction"]["frames_with_movers"]
+
+
+def summary_duration(town: Path) -> float:
+    """Seconds from the first to the last RGB frame (the drift's period)."""
+    times = [round(meta["timestamp"] * 1000) for _, _, meta in frames(town, "metadata")]
+    return (max(times) - min(times)) / 1000
