@@ -77,7 +77,7 @@ def test_a_config_yml_written_before_loads_and_builds_the_same_pipeline(scene: P
     # added since, round-tripped): no clock offset applied.
     state = {k: v.clone() for k, v in pipeline.state_dict().items() if k not in ADDED_KEYS}
     pipeline.load_pipeline(state, step=3)
-    assert pipeline.time_offsets() == {"lidar": 0.0}
+    assert pipeline.stage1.time_offsets() == {"lidar": 0.0}
     with pytest.raises(RuntimeError, match="Missing key"):
         pipeline.load_state_dict({k: v for k, v in state.items() if not k.startswith("_model.cells.3.")})
     assert torch.equal(pipeline.state_dict()["_model.centroids"], state["_model.centroids"])

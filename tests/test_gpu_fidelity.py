@@ -30,7 +30,6 @@ HOST_BY_DESIGN = {
     "datamanager.eval_dataset": "nerfstudio's datasets (images, cameras) live in host memory",
     "datamanager.train_dataparser_outputs": "what the dataparser read, used at set-up",
     "datamanager.eval_dataparser_outputs": "what the dataparser read, used at set-up",
-    "datamanager.stage1": "stage 1 runs at set-up on the host (the pipeline's tpf is the one trained)",
     "datamanager.depth_track": "the depth frames' files and stamps (host data, read at set-up)",
     "datamanager.depth_frames": "the poses in use, compared on the host when they are set again",
     "datamanager.geometry": "the partition's geometry, for writing shards at set-up (the model has its centroids)",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Dict, List, Literal, Mapping, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -33,10 +33,11 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
-from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks, frame_time_offsets
+from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
 from async_nerf_ns.data.ray_generator import PinholeRayGenerator, training_ray_generator
 from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.data.scene_metadata import DepthTrackData
+from async_nerf_ns.data.stage1 import DepthPoseSource, Stage1Fit, frame_poses
 from async_nerf_ns.files.cache_dir import cache_dir
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
@@ -48,8 +49,6 @@ from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEst
 from async_nerf_ns.trajectory.timed_poses import nearest_in_time
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 from async_nerf_ns.trajectory.track_offsets import track_time_offsets
-
-DepthPoseSource = Literal["tpf", "prior", "gt"]
 
 POSE_TOLERANCE = 1e-6
 """Depth-frame poses that differ from the ones in use by at most this (scene units, and rotation matrix
@@ -100,20 +99,6 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     """The per-cell ray shards on disk."""
 
 
-@dataclass
-class Stage1:
-    """What stage 1 produced for training. A plain holder, not a submodule: the pipeline registers the
-    time-pose function (its checkpoint keys are ``tpf.*``)."""
-
-    tpf: Optional[FittedTPF] = None
-    """The time-pose function fitted to the training RGB frames (depth_poses=tpf), or read from the fit cache."""
-    time_offsets: Dict[str, TimeOffsetEstimate] = field(default_factory=dict)
-    """Per depth track, its clock offset (given or estimated; depth_poses=tpf)."""
-
-    def applied_offsets(self) -> Dict[str, float]:
-        return {name: estimate.applied_s for name, estimate in self.time_offsets.items()}
-
-
 def validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[int]:
     if cells is None:
         return list(range(num_cells))
@@ -121,24 +106,6 @@ def validated_cells(cells: Optional[Tuple[int, ...]], num_cells: int) -> List[in
     if bad or not cells:
         raise ValueError(f"--pipeline.datamanager.cells {list(cells or [])}: cells are numbered 0..{num_cells - 1}")
     return sorted(set(cells))
-
-
-def frame_poses(
-    track: DepthTrackData, source: DepthPoseSource, tpf: Optional[FittedTPF], offsets: Optional[Mapping[str, float]] = None
-) -> Tensor:
-    """World-frame poses (N,3,4) of a track's frames from ``source`` (for tpf: of the given TPF, at each
-    frame's stamp plus its track's clock offset in seconds)."""
-    if source == "tpf":
-        assert tpf is not None, "depth_poses=tpf without a time-pose function"
-        with torch.no_grad():
-            return tpf.poses(track.timestamps.numpy() + frame_time_offsets(track, offsets)).cpu()
-    poses = track.prior_c2w if source == "prior" else track.gt_c2w
-    missing = np.flatnonzero(~np.isfinite(poses.numpy()).reshape(len(track), -1).all(axis=1))
-    if len(missing):
-        frame = track.frames[int(missing[0])]
-        what = "a prior c2w in its metadata" if source == "prior" else "a pose_gt file"
-        raise ValueError(f"depth_poses={source}: {frame.metadata_path} (and {len(missing) - 1} more) has no {what}")
-    return poses
 
 
 def _pack_records(rgb: np.ndarray, depth: Optional[np.ndarray], pin: bool) -> Tensor:
@@ -184,7 +151,8 @@ class AsyncNerfDataManager(VanillaDataManager):
                 "each cell's pixels from its ray shards (see --pipeline.datamanager.shards.*)"
             )
         self.geometry: Optional[PartitionGeometry] = None
-        self.stage1 = Stage1()
+        self.stage1 = Stage1Fit()
+        """What stage 1 fitted at set-up (training, depth_poses=tpf): the pipeline's ``Stage1`` holds it."""
         self.depth_frames: Optional[DepthFrameSet] = None
         """The training depth frames at the poses they are trained at (training only)."""
         self.train_pixel_sampler: Optional[CellRaySampler] = None  # type: ignore[assignment]

@@ -216,7 +216,7 @@ class PartitionView(nn.Module):
             return {}
         source = pipeline.config.datamanager.depth_poses
         try:
-            base = pipeline.depth_frame_poses(track, source)
+            base = pipeline.stage1.depth_poses(track, source)
         except (AssertionError, ValueError):  # no TPF (not trained yet) or no prior/gt poses
             return {}
         poses = {"stage 1": base}
