@@ -156,14 +156,16 @@ class AsyncNerfPipeline(VanillaPipeline):
         return mask
 
     def get_train_loss_dict(self, step: int):
-        """VanillaPipeline's step, with the batch's cell handed to the model (it renders with that cell)."""
+        """VanillaPipeline's step, with the batch handed to the model (its cell renders it alone); the cell's
+        clock advanced before it (the model's `CellSchedule` callback), its train PSNR is kept for the viewer."""
         # The model's own randomness (proposal sampling jitter) drawn from a function of the step, like
         # the batches: a run resumed at step s continues exactly as the uninterrupted one.
         torch.manual_seed(hash((self.config.datamanager.sampling_seed, step)) & 0x7FFFFFFF)
         ray_bundle, batch = self.datamanager.next_train(step)
-        model_outputs = self._model(ray_bundle, cell=batch[CELL_BATCH_KEY], num_rgb=len(batch["image"]))
+        model_outputs = self._model(ray_bundle, batch=batch)
         metrics_dict = self.model.get_metrics_dict(model_outputs, batch)
         loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
+        self.model.cells[batch[CELL_BATCH_KEY]].train_psnr.copy_(metrics_dict["psnr"].detach())
         return model_outputs, loss_dict, metrics_dict
 
     # --- evaluation (ns-eval) ------------------------------------------------------------------

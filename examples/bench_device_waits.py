@@ -42,7 +42,7 @@ def child(args) -> None:
 
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from cuda_emulation import emulated_cuda
-    from stage3_trainer import every_correction, set_up_trainer
+    from stage3_trainer import every_correction, set_up_trainer, train_step
 
     from async_nerf_ns.method import async_nerf_small_config
 
@@ -56,10 +56,10 @@ def child(args) -> None:
     result: Dict[str, Any] = {"grid": args.grid}
     with emulated_cuda() as ledger:
         trainer = config("cuda", out / "cuda")
-        trainer.train_iteration(0)
+        train_step(trainer, 0)
         mark = ledger.mark()
         for step in range(1, args.steps + 1):
-            trainer.train_iteration(step)
+            train_step(trainer, step)
         step_waits = ledger.since(mark)
         model = trainer.pipeline.model
         model.eval()

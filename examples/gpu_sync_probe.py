@@ -42,6 +42,9 @@ def main() -> None:
     from async_nerf_ns.method import async_nerf_config, async_nerf_small_config
     from examples.bench_common import prepare_config
 
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from stage3_trainer import train_step  # the step with its training callbacks (each cell's clock)
+
     config = {"async-nerf": async_nerf_config, "async-nerf-small": async_nerf_small_config}[args.method]()
     if args.implementation:
         config.pipeline.model.implementation = args.implementation
@@ -50,7 +53,7 @@ def main() -> None:
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     for step in range(args.warmup):
-        trainer.train_iteration(step)
+        train_step(trainer, step)
     torch.cuda.synchronize()
 
     sites: collections.Counter = collections.Counter()
@@ -71,7 +74,7 @@ def main() -> None:
     torch.cuda.set_sync_debug_mode("warn")
     try:
         for step in range(args.warmup, args.warmup + args.steps):
-            trainer.train_iteration(step)
+            train_step(trainer, step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         warnings.showwarning = original_showwarning

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.utils import writer
 
 
@@ -37,6 +38,18 @@ def set_up_trainer(config, device: str, mixed_precision: bool):
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     return trainer
+
+
+def train_step(trainer, step: int):
+    """One training step as nerfstudio's ``Trainer.train`` runs it: ``train_iteration`` between the training
+    callbacks (the model's per-cell schedule among them, which advances the cell's clock); returns what
+    ``train_iteration`` returns."""
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    result = trainer.train_iteration(step)
+    for callback in trainer.callbacks:
+        callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+    return result
 
 
 def close_writers() -> None:

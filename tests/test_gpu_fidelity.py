@@ -21,7 +21,7 @@ from async_nerf_ns.method import async_nerf_config, async_nerf_small_config
 from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.implementation import checkpoint_implementation
 from cuda_emulation import DeviceTensor, emulated_cuda, format_waits, host_value, off_device
-from stage3_trainer import close_writers, every_correction, set_up_trainer
+from stage3_trainer import close_writers, every_correction, set_up_trainer, train_step
 from examples.make_scene import SceneSpec, generate_scene
 
 SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
@@ -69,7 +69,7 @@ def checkpoint(scene, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cpu_run")
     trainer = _trainer(_config(scene, out), "cpu")
     for step in range(4):
-        trainer.train_iteration(step)
+        train_step(trainer, step)
     trainer.save_checkpoint(3)
     close_writers()
     return trainer.checkpoint_dir
@@ -84,9 +84,9 @@ def test_a_training_step_on_the_emulated_gpu_waits_only_in_nerfstudio_and_torch(
         rig = pipeline.model.camera_optimizer
         apply, dtypes = rig.apply_to_raybundle, []
 
-        def recording(bundle):
+        def recording(bundle, *batch):
             dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
-            apply(bundle)
+            apply(bundle, *batch)
             dtypes.append(bundle.origins.dtype)
 
         rig.apply_to_raybundle = recording
@@ -97,11 +97,11 @@ def test_a_training_step_on_the_emulated_gpu_waits_only_in_nerfstudio_and_torch(
             return trajectory(frames)
 
         rig.trajectory = tpf_moves
-        trainer.train_iteration(0)  # lazy set-ups (optimiser state, the first chunk)
+        train_step(trainer, 0)  # lazy set-ups (optimiser state, the first chunk)
         mark = ledger.mark()
         losses = []
         for step in (1, 2, 3, 4):  # every cell once
-            _, loss_dict, _ = trainer.train_iteration(step)
+            _, loss_dict, _ = train_step(trainer, step)
             losses.append({k: float(host_value(v)) for k, v in loss_dict.items()})
         waits = ledger.since(mark)
     assert dtypes[:2] == [torch.float16, torch.float32]  # fp16 autocast on; the rays stay float32
@@ -134,7 +134,7 @@ def test_a_resume_whose_depth_poses_differ_moves_the_rays_on_the_device(scene, c
         expected = data.depth_frames.c2w
         assert torch.allclose(host_value(generator.c2w), expected.float(), atol=1e-6)
         mark = ledger.mark()
-        _, loss_dict, _ = trainer.train_iteration(4)  # main 7bd303c crashed here (host image_coords)
+        _, loss_dict, _ = train_step(trainer, 4)  # main 7bd303c crashed here (host image_coords)
         assert "depth_loss" in loss_dict
         assert [w for w in ledger.since(mark) if w.owner == "ours"] == []
 
@@ -220,9 +220,9 @@ def test_a_cell_task_on_a_gpu_node_sets_up_and_steps_on_the_device(scene, checkp
         trainer.setup()
         assert trainer.pipeline.trained_cell_list == [1]
         assert _off_device(trainer.pipeline) == []
-        trainer.train_iteration(0)
+        train_step(trainer, 0)
         mark = ledger.mark()
-        trainer.train_iteration(1)
+        train_step(trainer, 1)
         assert [w for w in ledger.since(mark) if w.owner == "ours"] == []
 
 

@@ -14,14 +14,13 @@ import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 from nerfstudio.cameras.rays import RayBundle
 
-from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
 from async_nerf_ns.method import async_nerf_config
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
 from async_nerf_ns.trajectory.finetune import TPFRayCorrections
 from async_nerf_ns.trajectory.fit import fit_tpf
 from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
 from cuda_emulation import emulated_cuda, host_value
-from stage3_trainer import every_correction, set_up_trainer
+from stage3_trainer import every_correction, set_up_trainer, train_step
 from examples.make_scene import SceneSpec, generate_scene
 
 SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
@@ -48,8 +47,8 @@ def test_rig_pose_optimizer_returns_float32_rays_from_half_precision_inputs():
     with torch.no_grad():
         rig.rgb.pose_adjustment.copy_(0.01 * torch.randn(4, 6))
         rig.depth.pose_adjustment.copy_(0.01 * torch.randn(3, 6))
-    rig.depth_active = True
     directions = torch.nn.functional.normalize(torch.randn(6, 3), dim=-1)
+    depth_frames = torch.tensor([0, 1, 2])  # the last three rays are depth rays (data/ray_keys.py)
 
     def bundle(dtype):
         return RayBundle(
@@ -57,17 +56,16 @@ def test_rig_pose_optimizer_returns_float32_rays_from_half_precision_inputs():
             directions=directions.to(dtype),
             pixel_area=torch.ones(6, 1),
             camera_indices=torch.tensor([[0], [1], [2], [3], [0], [1]]),
-            metadata={DEPTH_FRAME_KEY: torch.tensor([[-1], [-1], [0], [1], [2], [-1]])},
         )
 
     reference = bundle(torch.float32)
-    rig.apply_to_raybundle(reference)
+    rig.apply_to_raybundle(reference, depth_frames, stage3=True)
     with emulated_cuda():
         rig.to("cuda")
         for dtype in (torch.float16, torch.bfloat16):
             rays = bundle(dtype).to("cuda")
             with torch.autocast("cuda"):  # float16, as CUDA's
-                rig.apply_to_raybundle(rays)
+                rig.apply_to_raybundle(rays, depth_frames.to("cuda"), stage3=True)
             assert rays.origins.dtype == torch.float32 and rays.directions.dtype == torch.float32
             # Only the inputs' rounding differs (float16: 1e-3, bfloat16: 8e-3 of a unit).
             torch.testing.assert_close(host_value(rays.directions), reference.directions, atol=1e-2, rtol=0)
@@ -97,13 +95,13 @@ def test_a_full_preset_step_under_autocast_keeps_rays_float32_and_losses_close(s
             dtypes = []
             apply = rig.apply_to_raybundle
 
-            def recording(bundle, apply=apply, dtypes=dtypes, mixed=mixed):
+            def recording(bundle, *batch, apply=apply, dtypes=dtypes, mixed=mixed):
                 assert torch.is_autocast_enabled("cpu") == mixed  # the step really runs under (fp16) autocast
-                apply(bundle)
+                apply(bundle, *batch)
                 dtypes.append((bundle.origins.dtype, bundle.directions.dtype))
 
             rig.apply_to_raybundle = recording
-            _, loss_dict, _ = trainer.train_iteration(0)
+            _, loss_dict, _ = train_step(trainer, 0)
             losses[mixed] = {k: float(host_value(v).detach()) for k, v in loss_dict.items()}
         assert dtypes == [(torch.float32, torch.float32)]
         assert "depth_loss" in loss_dict and "depth_pose_camera_opt_regularizer" in loss_dict

@@ -9,7 +9,7 @@ import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
 
-from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
+from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.model.merged import MergedDensityFn, MergedField
 from async_nerf_ns.model.model import AsyncNerfModel
@@ -96,9 +96,10 @@ def test_training_batch_renders_and_steps_only_its_cell(model: AsyncNerfModel):
     model.train()
     try:
         bundle = _bundle(32, seed=2)
-        bundle.metadata[DEPTH_FRAME_KEY] = torch.full((32, 1), -1, dtype=torch.long)
         model.zero_grad(set_to_none=True)
-        outputs = model(bundle, cell=2)
+        steps = [cell.step_count for cell in model.cells]
+        outputs = model(bundle, batch={CELL_BATCH_KEY: 2})
+        assert [cell.step_count for cell in model.cells] == steps  # rendering changes no clock (CellSchedule does)
         outputs["rgb"].sum().backward()
         with_grad = {k for k, cell in enumerate(model.cells) if any(p.grad is not None for p in cell.parameters())}
         assert with_grad == {2}
@@ -108,22 +109,24 @@ def test_training_batch_renders_and_steps_only_its_cell(model: AsyncNerfModel):
 
 
 def test_depth_rays_get_depth_pose_corrections_only_once_refinement_started(model: AsyncNerfModel):
+    """The batch's last rays are its depth rays (data/ray_keys.py); stage 3 starts on the cell's own clock."""
     rig = model.camera_optimizer
     with torch.no_grad():
         rig.depth.pose_adjustment[1] = torch.tensor([0.1, 0.0, 0.0, 0.0, 0.0, 0.0])
+    cell = model.cells[0]
     try:
         bundle = _bundle(4, seed=3)
-        bundle.metadata[DEPTH_FRAME_KEY] = torch.tensor([[-1], [1], [1], [0]])
+        batch = {CELL_BATCH_KEY: 0, DEPTH_FRAME_KEY: torch.tensor([1, 1, 0])}  # rays 1..3: depth rays
         before = bundle.origins.clone()
-        rig.depth_active = False
-        rig.apply_to_raybundle(bundle)
+        cell.step_count = model.config.depth_pose_refine_start
+        model.training_view(batch).camera_optimizer.apply_to_raybundle(bundle)
         assert torch.equal(bundle.origins, before)
-        rig.depth_active = True
-        rig.apply_to_raybundle(bundle)
+        cell.step_count += 1
+        model.training_view(batch).camera_optimizer.apply_to_raybundle(bundle)
         shift = bundle.origins - before
         assert torch.allclose(shift[1], torch.tensor([0.1, 0.0, 0.0])) and torch.allclose(shift[2], shift[1])
         assert torch.equal(shift[0], torch.zeros(3)) and torch.equal(shift[3], torch.zeros(3))
     finally:
-        rig.depth_active = False
+        cell.step_count = 0
         with torch.no_grad():
             rig.depth.pose_adjustment.zero_()

@@ -24,6 +24,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
 from nerfstudio.model_components.shaders import NormalsShader
 
+from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY
 from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.model import AsyncNerfModel, AsyncNerfModelConfig
@@ -239,11 +240,9 @@ def test_training_batches_use_the_proposal_sampler_whatever_eval_sampler_says(mo
     model.train()
     try:
         with _sampler(model, "occupancy"):
-            outputs = model(_bundle(16), cell=1)
+            outputs = model(_bundle(16), batch={CELL_BATCH_KEY: 1})
         assert "weights_list" in outputs  # nerfacto's proposal outputs
     finally:
-        model.cells[1].step_count -= 1  # undo the step the batch counted
-        model.cells[1].steps.fill_(model.cells[1].step_count)
         model.eval()
 
 

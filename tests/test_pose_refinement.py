@@ -15,7 +15,6 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from scipy.spatial.transform import Rotation
 
-from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
 from async_nerf_ns.model.depth_loss import depth_loss
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
 from async_nerf_ns.trajectory.metrics import pose_errors
@@ -56,9 +55,8 @@ def refine(rig: RigPoseOptimizer, parameters, lr: float, origins, directions, fr
             directions=directions.clone(),
             pixel_area=torch.ones(len(origins), 1),
             camera_indices=torch.zeros(len(origins), 1, dtype=torch.long),
-            metadata={DEPTH_FRAME_KEY: frame_of_ray},
         )
-        rig.apply_to_raybundle(bundle)
+        rig.apply_to_raybundle(bundle, frame_of_ray, stage3=True)  # every ray a depth ray
         loss = depth_loss(corner_depth(bundle.origins, bundle.directions), measured, "l1")
         optimizer.zero_grad()
         loss.backward()
@@ -78,9 +76,8 @@ def test_depth_pose_refinement_removes_a_3_degree_10_cm_error_to_a_millimetre():
     before = pose_errors(perturbed[None], gt[None], 1.0)
 
     rig = RigPoseOptimizer(CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="SO3xR3"), num_rgb=1, num_depth=1)
-    rig.depth_active = True
     p_origins, p_directions = rays(perturbed)
-    frame_of_ray = torch.zeros(len(p_origins), 1, dtype=torch.long)
+    frame_of_ray = torch.zeros(len(p_origins), dtype=torch.long)
     refine(rig, rig.depth.parameters(), 3e-3, p_origins, p_directions, frame_of_ray, measured)
 
     with torch.no_grad():
@@ -104,7 +101,7 @@ def _depth_rays(c2w: torch.Tensor, frames: torch.Tensor):
     bundles = [rays(c2w[int(f)]) for f in frames]
     origins = torch.cat([o for o, _ in bundles])
     directions = torch.cat([d for _, d in bundles])
-    frame_of_ray = torch.cat([torch.full((len(o), 1), int(f), dtype=torch.long) for f, (o, _) in zip(frames, bundles)])
+    frame_of_ray = torch.cat([torch.full((len(o),), int(f), dtype=torch.long) for f, (o, _) in zip(frames, bundles)])
     return origins, directions, frame_of_ray
 
 
@@ -136,7 +133,6 @@ def test_tpf_finetuning_through_the_depth_loss_moves_held_out_depth_frames_too()
     rig = RigPoseOptimizer(
         CameraOptimizerConfig(mode="off"), CameraOptimizerConfig(mode="off"), num_rgb=1, num_depth=20, trajectory=corrections
     )
-    rig.depth_active = True
     refine(rig, tpf.parameters(), 1e-3, origins, directions, frame_of_ray, measured)
 
     with torch.no_grad():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
+from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer_elements import ViewerControl, ViewerElement
 
@@ -37,9 +38,14 @@ def pipeline(tmp_path_factory):
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
     pipeline = config.pipeline.setup(device="cpu", test_mode="val")
     pipeline.train()
-    for step in range(STEPS):
+    callbacks = pipeline.get_training_callbacks(TrainingCallbackAttributes(None, None, pipeline, None))
+    for step in range(STEPS):  # as nerfstudio's trainer runs a step: the callbacks advance each cell's clock
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         _, losses, _ = pipeline.get_train_loss_dict(step)
         sum(losses.values()).backward()
+        for callback in callbacks:
+            callback.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
     return pipeline.eval()
 
 

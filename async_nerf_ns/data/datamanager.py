@@ -10,9 +10,9 @@ eval dataloader); training differs, all of it set up once in ``setup_train``:
   restricted to some cells reads only their chunks;
 - each step draws ONE cell (round-robin) and a batch of its RGB and depth records, as a pure
   function of (seed, step) (`shards/sampler.py`), so a resumed run continues exactly.
-Depth rays follow the RGB rays in the bundle; ``metadata["depth_frame"]`` names their depth frame
-(for pose refinement), ``batch["depth"]`` holds the measured distance along the ray (scene units)
-and ``batch["cell"]`` the batch's cell (a Python int).
+Depth rays follow the RGB rays in the bundle (`data/ray_keys.py`): ``batch["depth_frame"]`` names
+their depth frames (for pose refinement), ``batch["depth"]`` holds the measured distance along the ray
+(scene units) and ``batch["cell"]`` the batch's cell (a Python int).
 
 A step moves its records to the device as one pinned host buffer, copied without blocking, and
 builds the rays there: nothing in it waits for the device.
@@ -302,11 +302,20 @@ class AsyncNerfDataManager(VanillaDataManager):
         return {"rgb": rgb, "depth": depth}
 
     # --- batches ---------------------------------------------------------------------------------
+    def _draw(self, step: int) -> int:
+        """The draw of training step ``step``: the step itself; the next draw after it for a repeated step."""
+        return step if step > self._last_draw else self._last_draw + 1
+
+    def cell_of_step(self, step: int) -> int:
+        """The cell whose batch ``next_train(step)`` draws (the model's schedules run on that cell's clock)."""
+        assert self.train_pixel_sampler is not None, "no training batches in inference mode"
+        return self.train_pixel_sampler.cell_of(self._draw(step))
+
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         """The batch of training step ``step`` (a repeated step, as ns-export asks for, draws the next one)."""
         assert self.train_pixel_sampler is not None, "no training batches in inference mode"
         self.train_count += 1
-        draw = step if step > self._last_draw else self._last_draw + 1
+        draw = self._draw(step)
         self._last_draw = draw
         cell, rgb, depth = self.train_pixel_sampler.sample(draw)
         device = torch.device(self.device)
@@ -315,15 +324,14 @@ class AsyncNerfDataManager(VanillaDataManager):
         with torch.autocast(device_type=device.type, enabled=False):  # ray geometry stays float32
             indices = ray_indices(packed[:n], self._widths)
             bundle = self.train_ray_generator(indices)
-            bundle.metadata[DEPTH_FRAME_KEY] = torch.full((n, 1), -1, dtype=torch.long, device=device)
             colours = ((packed[:n, 2:3] >> self._colour_shifts) & 255).float() / 255.0
             batch: Dict = {"image": colours, "indices": indices, CELL_BATCH_KEY: cell}
             if depth is not None:
                 d_indices = ray_indices(packed[n:], self._depth_widths)
                 depth_bundle = self._depth_ray_generator(d_indices)
-                depth_bundle.metadata[DEPTH_FRAME_KEY] = d_indices[:, :1]
-                depth_bundle.camera_indices = self._depth_appearance_index[d_indices[:, 0]][:, None]
+                depth_bundle.camera_indices = self._depth_appearance_index[d_indices[:, 0]][:, None]  # appearance only
                 bundle = concat_bundles(bundle, depth_bundle)
+                batch[DEPTH_FRAME_KEY] = d_indices[:, 0]
                 batch[DEPTH_BATCH_KEY] = packed[n:, 2:3].view(torch.float32)
         return bundle, batch
 

@@ -5,16 +5,22 @@ The parts are the ones ``NerfactoModel.populate_modules`` builds (the model buil
 to every cell unchanged. What a cell adds is its clock: each cell runs nerfacto's step schedules
 (proposal update interval, weight annealing, depth warm-up, stage 3) on the steps it has trained,
 as if it were trained alone, and a resumed run continues them exactly.
+
+nerfacto's own code (``get_outputs``, ``get_loss_dict``, ``get_metrics_dict``, its schedule callbacks)
+runs on a cell through a `TrainingView`; `CellSchedule` is the training callback that advances a
+cell's clock and runs nerfacto's schedule on it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.field_components.embedding import Embedding
 from nerfstudio.fields.base_field import Field
 from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler
+from nerfstudio.models.nerfacto import NerfactoModel
 from torch import Tensor, nn
 
 
@@ -126,3 +132,54 @@ class Cell(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.step_count = int(self.steps)
         self.sampler.restore(self.step_count, int(self.proposal_steps_since_update))
+
+
+class TrainingView:
+    """A model as nerfacto's code sees it when it works on one cell: that cell's field, proposal density
+    functions and sampler, and ``camera_optimizer`` (for a training batch: the rig's corrections for it);
+    every other attribute is the model's. nerfacto's methods below run on it unchanged."""
+
+    get_outputs = NerfactoModel.get_outputs
+    get_metrics_dict = NerfactoModel.get_metrics_dict
+    get_loss_dict = NerfactoModel.get_loss_dict
+    get_training_callbacks = NerfactoModel.get_training_callbacks
+
+    def __init__(self, model: nn.Module, cell: Cell, camera_optimizer: Any = None) -> None:
+        self.model, self.cell, self.camera_optimizer = model, cell, camera_optimizer
+        self.field, self.density_fns, self.proposal_sampler = cell.field, cell.density_fns, cell.sampler
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+class CellSchedule:
+    """nerfacto's schedule callbacks (proposal weight annealing, proposal sampler steps) as nerfstudio's trainer
+    runs them, but for the cell that trains at each step and on that cell's own step count: before the step
+    the cell's clock advances and nerfacto's BEFORE_TRAIN_ITERATION callbacks run on it, after the step its
+    AFTER_TRAIN_ITERATION ones, then the merged sampler follows (``model.anneal_merged_sampler``)."""
+
+    def __init__(self, model: nn.Module, cell_of_step: Callable[[int], int]) -> None:
+        self.model, self.cell_of_step = model, cell_of_step
+        self.cell: Optional[Cell] = None
+        """The cell of the step under way (from before the step to after it)."""
+
+    def callbacks(self) -> List[TrainingCallback]:
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self.before_step),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.after_step),
+        ]
+
+    def before_step(self, step: int) -> None:
+        self.cell = self.model.cells[self.cell_of_step(step)]
+        self._run(TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, self.cell.count_step())
+
+    def after_step(self, step: int) -> None:
+        assert self.cell is not None, "AFTER_TRAIN_ITERATION without BEFORE_TRAIN_ITERATION"
+        self._run(TrainingCallbackLocation.AFTER_TRAIN_ITERATION, self.cell.step_count)
+        self.cell.record_sampler_state()
+        self.model.anneal_merged_sampler()
+
+    def _run(self, where: TrainingCallbackLocation, cell_step: int) -> None:
+        assert self.cell is not None
+        for callback in TrainingView(self.model, self.cell).get_training_callbacks(None):  # type: ignore[arg-type]
+            callback.run_callback_at_location(cell_step, where)

@@ -1,14 +1,10 @@
-"""Which cells render a ray bundle: one cell (a training batch) or all of them merged.
+"""The merged field: all cells behind one router (viewer, ns-eval, ns-render).
 
-The model hands nerfacto's ``get_outputs`` a field, proposal density functions and a proposal
-sampler that route through a `CellRouter`:
-
-- rendering one cell (``with router.rendering(k)``, a training batch of cell k): cell k's field,
-  density functions and sampler, unchanged;
-- merged (the default: viewer, ns-eval, ns-render): every 3-D sample goes to the cell of its nearest
-  centroid (ground-plane distance, as in Mega-NeRF); samples are grouped by cell, each group is
-  evaluated by its cell alone and the results are scattered back, so a sample costs one cell
-  evaluation whatever the number of cells.
+The model hands nerfacto's ``get_outputs`` a field and proposal density functions that route through a
+`CellRouter`: every 3-D sample goes to the cell of its nearest centroid (ground-plane distance, as in
+Mega-NeRF); samples are grouped by cell, each group is evaluated by its cell alone and the results are
+scattered back, so a sample costs one cell evaluation whatever the number of cells. A training batch
+never comes here: it is rendered by its own cell's parts (the model's `TrainingView`).
 
 These are plain objects, not nn.Modules: the cells' parameters stay registered once, under the
 model's ``cells``.
@@ -16,17 +12,15 @@ model's ``cells``.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
-from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor, nn
 
-from async_nerf_ns.model.cells import CellSampler
 from async_nerf_ns.partition.routing import route_to_cells
 
 
@@ -81,32 +75,21 @@ class ViewMode:
 
 
 class CellRouter:
-    """The cells, their centroids, and which cell renders now (None: all, merged)."""
+    """The cells, their centroids, and the viewer's view mode."""
 
-    def __init__(self, cells: nn.ModuleList, centroids: Callable[[], Tensor], merged_sampler: CellSampler) -> None:
+    def __init__(self, cells: nn.ModuleList, centroids: Callable[[], Tensor]) -> None:
         self.cells = cells
         self._centroids = centroids
         """Reads the owner's centroids buffer at each call: ``.to(device)`` and ``load_state_dict`` replace
         or fill it, and a copy kept here would go stale (and be copied to the device on every call)."""
-        self.merged_sampler = merged_sampler
-        self.only: Optional[int] = None
         self.view = ViewMode()
         """Set by the viewer's render-mode control; applied only to renders of the viewer's thread."""
 
     def viewer_mode(self) -> ViewMode:
-        """The view mode for this render: the viewer's, in the viewer's thread and when merged; else none."""
-        if self.only is not None or (self.view.only_cell is None and not self.view.tint) or not in_viewer_thread():
+        """The view mode for this render: the viewer's, in the viewer's thread; else none."""
+        if (self.view.only_cell is None and not self.view.tint) or not in_viewer_thread():
             return ViewMode()
         return self.view
-
-    @contextlib.contextmanager
-    def rendering(self, cell: Optional[int]) -> Iterator[None]:
-        """Within the block, bundles are rendered by ``cell`` alone (None: merged)."""
-        previous, self.only = self.only, cell
-        try:
-            yield
-        finally:
-            self.only = previous
 
     @property
     def centroids(self) -> Tensor:
@@ -117,7 +100,7 @@ class CellRouter:
 
 
 class MergedField:
-    """A nerfacto field's ``forward`` over the cells the router names."""
+    """A nerfacto field's ``forward`` over all cells."""
 
     def __init__(self, router: CellRouter) -> None:
         self.router = router
@@ -125,8 +108,8 @@ class MergedField:
     def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> Dict[FieldHeadNames, Tensor]:
         cells = self.router.cells
         mode = self.router.viewer_mode()
-        if self.router.only is not None or (len(cells) == 1 and mode == ViewMode()):
-            return cells[self.router.only or 0].field.forward(ray_samples, compute_normals=compute_normals)
+        if len(cells) == 1 and mode == ViewMode():
+            return cells[0].field.forward(ray_samples, compute_normals=compute_normals)
         shape = ray_samples.shape
         flat = ray_samples.flatten()
         cell_ids = self.router.cell_ids(flat.frustums.get_positions())
@@ -156,8 +139,8 @@ def _routed_density(
     router: CellRouter, fns: List[Callable], positions: Tensor, times: Optional[Tensor], apply_view: bool = True
 ) -> Tensor:
     only_cell = router.viewer_mode().only_cell if apply_view else None
-    if router.only is not None or (len(fns) == 1 and only_cell is None):
-        return fns[router.only or 0](positions, times)
+    if len(fns) == 1 and only_cell is None:
+        return fns[0](positions, times)
     shape = positions.shape[:-1]
     flat = positions.reshape(-1, 3)
     flat_times = None if times is None else times.reshape(-1, times.shape[-1])
@@ -174,7 +157,7 @@ def _routed_density(
 
 
 class MergedDensityFn:
-    """Proposal iteration ``iteration``'s density function over the cells the router names."""
+    """Proposal iteration ``iteration``'s density function over all cells."""
 
     def __init__(self, router: CellRouter, iteration: int) -> None:
         self.router = router
@@ -183,26 +166,3 @@ class MergedDensityFn:
     def __call__(self, positions: Tensor, times: Optional[Tensor] = None) -> Tensor:
         fns = [cell.density_fns[self.iteration] for cell in self.router.cells]
         return _routed_density(self.router, fns, positions, times)
-
-
-class RoutedSampler:
-    """The proposal sampler of the cell the router names (each keeps its own schedule), or the merged
-    one; nerfacto's schedule callbacks (``set_anneal``, ``step_cb``) go to the same sampler."""
-
-    def __init__(self, router: CellRouter) -> None:
-        self.router = router
-
-    @property
-    def active(self) -> CellSampler:
-        if self.router.only is None:
-            return self.router.merged_sampler
-        return self.router.cells[self.router.only].sampler
-
-    def __call__(self, ray_bundle: RayBundle, density_fns: List[Callable]):
-        return self.active(ray_bundle, density_fns=density_fns)
-
-    def set_anneal(self, anneal: float) -> None:
-        self.active.set_anneal(anneal)
-
-    def step_cb(self, step: int) -> None:
-        self.active.step_cb(step)

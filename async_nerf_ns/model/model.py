@@ -4,14 +4,16 @@ It is to nerfacto what nerfstudio's DepthNerfactoModel is: a subclass that calls
 overrides only what differs.
 
 - **Cells** (``populate_modules``): nerfacto's own set-up runs once per cell, and each run's field,
-  proposal networks and sampler become one `Cell`; the model then renders with a field, density
-  functions and a sampler that route to the cells (`merged.py`). ``get_outputs`` is nerfacto's,
-  unchanged: a training batch names its cell (``forward(bundle, cell=k)``) and is rendered by that
-  cell alone; everything else (viewer, ns-eval, ns-render) is rendered merged.
-- **Per-cell schedules**: nerfacto's schedule callbacks (proposal weight annealing, sampler steps)
-  run per batch on the batch's cell's own step count, and so do the depth warm-up and stage 3.
-- **Depth**: the loss on the depth rays of a batch (they follow its RGB rays); depth-frame pose
-  corrections in the rig optimiser (`pose_refinement.py`).
+  proposal networks and sampler become one `Cell`; the model itself renders with a field and density
+  functions that route to the cells (`merged.py`): the viewer, ns-eval and ns-render see the merged field.
+- **A training batch** (``forward(bundle, batch)``) is rendered and scored by nerfacto's own code run on
+  a `TrainingView`: the batch's cell's parts and the rig's corrections for the batch. The cell flows
+  down as that argument; no "current cell" is set, and rendering changes no state of the model.
+- **Per-cell schedules** are training callbacks (`CellSchedule`): at each step the cell that trains
+  advances its clock, and nerfacto's schedule callbacks (proposal weight annealing, sampler steps) run
+  on that clock; the depth warm-up and stage 3 read it too.
+- **Depth**: the loss on the depth rays of a batch (they follow its RGB rays, `data/ray_keys.py`);
+  depth-frame pose corrections in the rig optimiser (`pose_refinement.py`).
 - **LPIPS** is optional: the metric object is replaced (`lpips.py`), not the method using it.
 
 What the model needs from the data comes as constructor arguments from the pipeline (``centroids``,
@@ -34,14 +36,14 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY
+from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY, depth_ray_start
 from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.occupancy import OccupancyConfig, OccupancyRenderer
-from async_nerf_ns.model.cells import Cell, CellSampler
+from async_nerf_ns.model.cells import Cell, CellSampler, CellSchedule, TrainingView
 from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
 from async_nerf_ns.model.lpips import offline_lpips
 from async_nerf_ns.model.masked_metrics import kept_psnr, masked_prediction
-from async_nerf_ns.model.merged import CellRouter, MergedDensityFn, MergedField, RoutedSampler, in_viewer_thread
+from async_nerf_ns.model.merged import CellRouter, MergedDensityFn, MergedField, in_viewer_thread
 from async_nerf_ns.model.param_groups import cell_group_name
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
 
@@ -135,14 +137,13 @@ class AsyncNerfModel(NerfactoModel):
             for cell, counts in zip(self.cells, torch.as_tensor(pixels, dtype=torch.long)):
                 cell.training_pixels.copy_(counts)
         self.register_buffer("centroids", centroids.clone())
-        self.router = CellRouter(self.cells, lambda: self.centroids, merged_sampler)
+        self.router = CellRouter(self.cells, lambda: self.centroids)
         self.field = MergedField(self.router)  # type: ignore[assignment]
         self.density_fns = [MergedDensityFn(self.router, i) for i in range(self.config.num_proposal_iterations)]
-        self.proposal_sampler = RoutedSampler(self.router)  # type: ignore[assignment]
+        self.proposal_sampler = merged_sampler
         self.camera_optimizer = self._rig_pose_optimizer()  # type: ignore[assignment]
         self.occupancy_renderer = OccupancyRenderer(self.config.occupancy, self)
-        # nerfacto's schedule callbacks (annealing, sampler steps), run per cell on the cell's own steps.
-        self.cell_schedule = NerfactoModel.get_training_callbacks(self, None)  # type: ignore[arg-type]
+        self.register_load_state_dict_post_hook(lambda model, _: model.anneal_merged_sampler())
 
     def _apply(self, fn, recurse: bool = True):
         """``.to(device)`` and friends, plus the tensors that nerfstudio's torch `HashEncoding` keeps as plain
@@ -185,45 +186,34 @@ class AsyncNerfModel(NerfactoModel):
         return len(self.cells)
 
     # --- rendering -------------------------------------------------------------------------------
-    def forward(self, ray_bundle: RayBundle, cell: Optional[int] = None, num_rgb: Optional[int] = None):  # type: ignore[override]
-        """nerfacto's rendering by ``cell`` alone (a training batch of that cell), else merged. ``num_rgb``:
-        a training batch's RGB rays come first, its depth rays from this index on (None: told apart by
-        their depth-frame index alone).
+    def training_view(self, batch: Dict) -> TrainingView:
+        """The view a training batch is rendered and scored through: its cell at the cell's step (stage 3
+        starts on the cell's own clock, like its schedules: a 4x4 grid does not start refining depth poses
+        when each cell has had 1/16 of the start step), and the rig's corrections for its depth rays."""
+        cell = self.cells[batch[CELL_BATCH_KEY]]
+        stage3 = cell.step_count > self.config.depth_pose_refine_start
+        return TrainingView(self, cell, self.camera_optimizer.for_batch(batch.get(DEPTH_FRAME_KEY), stage3))
 
-        A training batch advances the cell's clock and runs nerfacto's schedule callbacks on it
-        before and after rendering, as nerfstudio's trainer runs them around a step.
-        """
+    def _nerfacto_for(self, batch: Optional[Dict]) -> "AsyncNerfModel | TrainingView":
+        """What nerfacto's code runs on: a training batch's view in training, else the merged model."""
+        return self.training_view(batch) if self.training and batch is not None and CELL_BATCH_KEY in batch else self
+
+    def forward(self, ray_bundle: RayBundle, batch: Optional[Dict] = None):  # type: ignore[override]
+        """nerfacto's rendering of a training ``batch``'s rays by its cell alone; else merged (by the occupancy
+        grid where ``eval_sampler`` says so)."""
         if self.collider is not None:
             ray_bundle = self.collider(ray_bundle)
-        if cell is None or not self.training:
-            with self.router.rendering(None):
-                viewer = in_viewer_thread()
-                if not self.training and occupancy.use_occupancy(self.config.eval_sampler, ray_bundle.origins.device, viewer):
-                    return self.occupancy_renderer.render(ray_bundle)
-                self._schedule_merged_sampler()
-                return self.get_outputs(ray_bundle)
-        chosen = self.cells[cell]
-        step = chosen.count_step()
-        # Stage 3 starts on the cell's own clock, like its schedules: a 4x4 grid does not start refining
-        # depth poses when each cell has had 1/16 of the start step.
-        self.camera_optimizer.depth_active = step > self.config.depth_pose_refine_start
-        with self.router.rendering(cell), self.camera_optimizer.depth_rays_from(num_rgb):
-            self._run_schedule(TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, step)
-            outputs = self.get_outputs(ray_bundle)
-            self._run_schedule(TrainingCallbackLocation.AFTER_TRAIN_ITERATION, step)
-        chosen.record_sampler_state()
-        return outputs
+        if not self.training and occupancy.use_occupancy(self.config.eval_sampler, ray_bundle.origins.device, in_viewer_thread()):
+            return self.occupancy_renderer.render(ray_bundle)
+        return NerfactoModel.get_outputs(self._nerfacto_for(batch), ray_bundle)  # type: ignore[arg-type]
 
-    def _run_schedule(self, where: TrainingCallbackLocation, step: int) -> None:
-        for callback in self.cell_schedule:
-            if where in callback.where_to_run:
-                callback.run_callback_at_location(step, where)
-
-    def _schedule_merged_sampler(self) -> None:
-        """Merged rendering anneals the proposal weights as the least-trained trained cell does."""
+    def anneal_merged_sampler(self) -> None:
+        """Merged rendering anneals the proposal weights as the least-trained trained cell does (set after
+        every training step and every load, when the cells' clocks change)."""
         trained = [cell.step_count for cell in self.cells if cell.step_count > 0]
         if trained:
-            self._run_schedule(TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, min(trained))
+            for callback in NerfactoModel.get_training_callbacks(self, None):  # type: ignore[arg-type]
+                callback.run_callback_at_location(min(trained), TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
 
     # --- parameters and schedule ---------------------------------------------------------------
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -235,33 +225,33 @@ class AsyncNerfModel(NerfactoModel):
         return groups
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        """None on the global step: nerfacto's schedules run per cell, on the cell's steps (``forward``)."""
-        return []
+        """nerfacto's schedules per cell, on the cell's own steps (`CellSchedule`); the datamanager says which
+        cell trains at a step."""
+        cell_of_step = training_callback_attributes.pipeline.datamanager.cell_of_step  # type: ignore[union-attr]
+        return CellSchedule(self, cell_of_step).callbacks()
 
     # --- losses and metrics ----------------------------------------------------------------------
     @staticmethod
     def _rgb_part(outputs: Dict, batch: Dict) -> Dict:
         """Outputs restricted to the RGB rays of a batch (they come first; depth rays follow)."""
-        n = len(batch["image"])
+        n = depth_ray_start(batch)
         return {**outputs, "rgb": outputs["rgb"][:n], "accumulation": outputs["accumulation"][:n]}
 
     def get_metrics_dict(self, outputs, batch):
-        metrics = super().get_metrics_dict(self._rgb_part(outputs, batch), batch)
-        if self.training and CELL_BATCH_KEY in batch:  # the cells panel of the viewer shows it
-            self.cells[batch[CELL_BATCH_KEY]].train_psnr.copy_(metrics["psnr"].detach())
-        return metrics
+        return NerfactoModel.get_metrics_dict(self._nerfacto_for(batch), self._rgb_part(outputs, batch), batch)
 
     def depth_loss_weight(self, cell_step: int) -> float:
         warmup = max(1, self.config.depth_loss_warmup_steps)
         return self.config.depth_loss_mult * min(1.0, cell_step / warmup)
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None):
-        loss_dict = super().get_loss_dict(self._rgb_part(outputs, batch), batch, metrics_dict)
+        nerfacto = self._nerfacto_for(batch)
+        loss_dict = NerfactoModel.get_loss_dict(nerfacto, self._rgb_part(outputs, batch), batch, metrics_dict)
         target = batch.get(DEPTH_BATCH_KEY)
-        if self.training and target is not None and len(target) and self.config.depth_loss_mult > 0:
-            predicted = outputs["expected_depth"][len(batch["image"]) :]
+        if isinstance(nerfacto, TrainingView) and target is not None and len(target) and self.config.depth_loss_mult > 0:
+            predicted = outputs["expected_depth"][depth_ray_start(batch) :]
             loss = depth_loss(predicted, target.to(predicted.device), self.config.depth_loss_type, self.config.huber_delta)
-            loss_dict["depth_loss"] = self.depth_loss_weight(self.cells[batch[CELL_BATCH_KEY]].step_count) * loss
+            loss_dict["depth_loss"] = self.depth_loss_weight(nerfacto.cell.step_count) * loss
         return loss_dict
 
     def get_image_metrics_and_images(

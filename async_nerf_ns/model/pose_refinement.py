@@ -1,9 +1,11 @@
 """Pose corrections for the two sensors of the rig: RGB cameras and asynchronous depth frames.
 
 Both are nerfstudio CameraOptimizers (SO3xR3/SE3 corrections per frame); this wrapper routes each
-ray to the right one. A depth ray carries its depth-frame index in ``metadata["depth_frame"]``
-(-1 for RGB rays), because its ``camera_indices`` point at an RGB frame for the appearance
-embedding. Depth corrections are only applied once joint refinement has started (stage 3).
+ray to the right one. A training batch's rays are its RGB rays, then its depth rays (the one
+representation of "depth ray", `async_nerf_ns.data.ray_keys`): RGB corrections (by camera index) go to
+the first rays, depth corrections (by the depth frames the batch names) to the last ones, once joint
+refinement has started for the batch's cell (stage 3). A depth ray's ``camera_indices`` name the RGB
+frame whose appearance embedding renders it, nothing else.
 
 Optionally (the pipeline's ``finetune_tpf``), a depth ray is first moved from its stage-1 pose to
 the current time-pose function's pose (``trajectory``, see trajectory/finetune.py), so that the
@@ -11,14 +13,13 @@ depth loss fine-tunes the TPF too; the per-frame correction is applied on top of
 
 Ray geometry stays float32 under mixed precision: the corrections are computed and applied with
 autocast off (as nerfstudio keeps a RayBundle's geometry float32), whatever precision the inputs
-come in. RGB and depth rays are told apart with ``torch.where`` on the depth-frame index, not with
-index lists: no host synchronisation, and no mixed-dtype ``index_copy`` (which CUDA refuses).
+come in. The RGB and depth rays are slices at a position known on the host: no host synchronisation,
+and no mixed-dtype ``index_copy`` (which CUDA refuses).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
@@ -26,7 +27,6 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor, nn
 
-from async_nerf_ns.data.ray_keys import DEPTH_FRAME_KEY
 from async_nerf_ns.model.param_groups import DEPTH_POSE_GROUP
 
 Corrections = Callable[[Tensor], Tensor]
@@ -59,11 +59,7 @@ class RigPoseOptimizer(nn.Module):
         super().__init__()
         self.rgb = rgb_config.setup(num_cameras=num_rgb, device="cpu")
         self.depth: CameraOptimizer = depth_config.setup(num_cameras=max(num_depth, 1), device="cpu")
-        self.depth_active = False
-        """Set by the model on each training batch: whether the batch's cell is in stage 3."""
         self.trajectory = trajectory
-        self._first_depth_ray: Optional[int] = None
-        """Set within ``depth_rays_from``: where a training batch's depth rays start."""
         """Depth-frame indices -> 3x4 corrections from the stage-1 poses to the fine-tuned TPF's, when
         the pipeline fine-tunes the TPF (owned by the pipeline, which saves the TPF under ``tpf.*``)."""
 
@@ -76,50 +72,28 @@ class RigPoseOptimizer(nn.Module):
             corrections.append(self.depth)
         return corrections
 
-    @contextlib.contextmanager
-    def depth_rays_from(self, first: Optional[int]) -> Iterator[None]:
-        """Within the block, the bundles' depth rays are those from index ``first`` on (a training batch:
-        RGB rays, then depth rays): only they are corrected, so the TPF is evaluated for them alone."""
-        previous, self._first_depth_ray = self._first_depth_ray, first
-        try:
-            yield
-        finally:
-            self._first_depth_ray = previous
+    def for_batch(self, depth_frames: Optional[Tensor], stage3: bool) -> "BatchPoseCorrections":
+        """The corrections of one training batch, called as nerfacto calls its camera optimiser."""
+        return BatchPoseCorrections(self, depth_frames, stage3)
 
-    def apply_to_raybundle(self, ray_bundle: RayBundle) -> None:
-        depth_frame = ray_bundle.metadata.get(DEPTH_FRAME_KEY)
+    def apply_to_raybundle(self, ray_bundle: RayBundle, depth_frames: Optional[Tensor] = None, stage3: bool = False) -> None:
+        """Corrects a flat bundle's rays: its last ``len(depth_frames)`` rays are depth rays of those depth frames
+        (corrected in ``stage3`` only), the rays before them RGB rays (none are depth rays without ``depth_frames``)."""
+        num_depth = 0 if depth_frames is None else len(depth_frames)
+        first = ray_bundle.origins.shape[0] - num_depth
         rgb_on = self.rgb.config.mode != "off"
-        depth_corrections = self._depth_corrections() if self.depth_active and depth_frame is not None else []
+        depth_corrections = self._depth_corrections() if stage3 and num_depth else []
         if not rgb_on and not depth_corrections:
             return
         with torch.autocast(device_type=ray_bundle.origins.device.type, enabled=False):
             origins, directions = ray_bundle.origins.float(), ray_bundle.directions.float()
-            new_origins, new_directions = origins, directions
-            is_depth = None if depth_frame is None else (depth_frame >= 0)
+            rgb_o, rgb_d = origins[:first], directions[:first]
             if rgb_on:
-                corrected = _apply(self.rgb(ray_bundle.camera_indices[..., 0]), origins, directions)
-                if is_depth is None:
-                    new_origins, new_directions = corrected
-                else:
-                    new_origins = torch.where(is_depth, origins, corrected[0])
-                    new_directions = torch.where(is_depth, directions, corrected[1])
-            if depth_corrections:
-                assert depth_frame is not None and is_depth is not None
-                first = self._first_depth_ray
-                if first is None:
-                    frames = depth_frame[..., 0].clamp(min=0)  # RGB rays (-1) compute a correction that is dropped
-                    o, d = origins, directions
-                    for corrections in depth_corrections:
-                        o, d = _apply(corrections(frames), o, d)
-                    new_origins = torch.where(is_depth, o, new_origins)
-                    new_directions = torch.where(is_depth, d, new_directions)
-                elif first < len(depth_frame):  # the batch's tail: corrected alone, its RGB rays untouched
-                    o, d = origins[first:], directions[first:]
-                    for corrections in depth_corrections:
-                        o, d = _apply(corrections(depth_frame[first:, 0]), o, d)
-                    new_origins = torch.cat([new_origins[:first], o])
-                    new_directions = torch.cat([new_directions[:first], d])
-        ray_bundle.origins, ray_bundle.directions = new_origins, new_directions
+                rgb_o, rgb_d = _apply(self.rgb(ray_bundle.camera_indices[:first, 0]), rgb_o, rgb_d)
+            depth_o, depth_d = origins[first:], directions[first:]
+            for corrections in depth_corrections:
+                depth_o, depth_d = _apply(corrections(depth_frames), depth_o, depth_d)
+        ray_bundle.origins, ray_bundle.directions = torch.cat([rgb_o, depth_o]), torch.cat([rgb_d, depth_d])
 
     def apply_to_camera(self, camera: Cameras) -> Tensor:
         return self.rgb.apply_to_camera(camera)
@@ -131,17 +105,17 @@ class RigPoseOptimizer(nn.Module):
             c2w = _apply_to_poses(corrections(frames).float(), c2w)
         return c2w
 
-    def get_loss_dict(self, loss_dict: Dict) -> None:
+    def get_loss_dict(self, loss_dict: Dict, stage3: bool = False) -> None:
         self.rgb.get_loss_dict(loss_dict)
-        if self.depth_active:
+        if stage3:
             depth_losses: Dict = {}
             self.depth.get_loss_dict(depth_losses)
             loss_dict.update({f"depth_pose_{k}": v for k, v in depth_losses.items()})
 
-    def get_metrics_dict(self, metrics_dict: Dict) -> None:
+    def get_metrics_dict(self, metrics_dict: Dict, stage3: bool = False) -> None:
         """nerfstudio's camera-optimiser metrics, as device tensors (nerfstudio's own read them back to
-        the host with ``.cpu()`` on every step)."""
-        optimizers = [("camera_opt", self.rgb)] + ([("depth_pose_opt", self.depth)] if self.depth_active else [])
+        the host with ``.cpu()`` on every step); the depth corrections' in stage 3."""
+        optimizers = [("camera_opt", self.rgb)] + ([("depth_pose_opt", self.depth)] if stage3 else [])
         for prefix, optimizer in optimizers:
             if optimizer.config.mode == "off":
                 continue
@@ -156,3 +130,20 @@ class RigPoseOptimizer(nn.Module):
         self.rgb.get_param_groups(param_groups)
         if self.depth.config.mode != "off":
             param_groups[DEPTH_POSE_GROUP] = list(self.depth.parameters())
+
+
+class BatchPoseCorrections:
+    """A `RigPoseOptimizer` for one training batch: its depth rays' frames and whether its cell is in stage 3,
+    behind the calls nerfacto makes to its camera optimiser."""
+
+    def __init__(self, rig: RigPoseOptimizer, depth_frames: Optional[Tensor], stage3: bool) -> None:
+        self.rig, self.depth_frames, self.stage3 = rig, depth_frames, stage3
+
+    def apply_to_raybundle(self, ray_bundle: RayBundle) -> None:
+        self.rig.apply_to_raybundle(ray_bundle, self.depth_frames, self.stage3)
+
+    def get_loss_dict(self, loss_dict: Dict) -> None:
+        self.rig.get_loss_dict(loss_dict, self.stage3)
+
+    def get_metrics_dict(self, metrics_dict: Dict) -> None:
+        self.rig.get_metrics_dict(metrics_dict, self.stage3)
