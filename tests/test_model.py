@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,8 +99,11 @@ def test_training_batch_renders_and_steps_only_its_cell(model: AsyncNerfModel):
         bundle = _bundle(32, seed=2)
         model.zero_grad(set_to_none=True)
         steps = [cell.step_count for cell in model.cells]
-        outputs = model(bundle, batch={CELL_BATCH_KEY: 2})
-        assert [cell.step_count for cell in model.cells] == steps  # rendering changes no clock (CellSchedule does)
+        batch = {CELL_BATCH_KEY: 2, "image": torch.rand(32, 3)}
+        outputs = model(bundle, batch=batch)
+        model.get_metrics_dict(outputs, batch)
+        # Rendering and scoring change no state: no clock (CellSchedule does), no train PSNR (the pipeline's step).
+        assert [cell.step_count for cell in model.cells] == steps and torch.isnan(model.cells[2].train_psnr)
         outputs["rgb"].sum().backward()
         with_grad = {k for k, cell in enumerate(model.cells) if any(p.grad is not None for p in cell.parameters())}
         assert with_grad == {2}
@@ -130,3 +134,28 @@ def test_depth_rays_get_depth_pose_corrections_only_once_refinement_started(mode
         cell.step_count = 0
         with torch.no_grad():
             rig.depth.pose_adjustment.zero_()
+
+
+def test_the_schedule_callbacks_advance_and_anneal_only_the_cell_that_trains(model: AsyncNerfModel):
+    """nerfacto's schedules as training callbacks (`CellSchedule`): step s trains cell_of_step(s), on its own clock."""
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+
+    data = SimpleNamespace(datamanager=SimpleNamespace(cell_of_step=lambda step: 3))
+    callbacks = model.get_training_callbacks(TrainingCallbackAttributes(None, None, data, None))  # type: ignore[arg-type]
+    anneals, merged_anneal = [cell.sampler._anneal for cell in model.cells], model.proposal_sampler._anneal
+    try:
+        for where in (TrainingCallbackLocation.BEFORE_TRAIN_ITERATION, TrainingCallbackLocation.AFTER_TRAIN_ITERATION):
+            for callback in callbacks:
+                callback.run_callback_at_location(100, where)  # the global step: not the cell's
+        assert [cell.step_count for cell in model.cells] == [0, 0, 0, 1] and int(model.cells[3].steps) == 1
+        assert [cell.sampler._anneal for cell in model.cells][:3] == anneals[:3]
+        x, b = 1 / model.config.proposal_weights_anneal_max_num_iters, model.config.proposal_weights_anneal_slope
+        assert model.cells[3].sampler._step == 1  # step_cb on the cell's step, not the global one
+        assert model.cells[3].sampler._anneal == pytest.approx(b * x / ((b - 1) * x + 1))  # nerfacto's anneal at step 1
+        assert model.proposal_sampler._anneal == model.cells[3].sampler._anneal  # merged: the least-trained cell's
+    finally:  # the module's model as it was
+        model.cells[3].step_count = 0
+        model.cells[3].steps.fill_(0)
+        model.cells[3].sampler.restore(0, 0)
+        model.cells[3].sampler.set_anneal(anneals[3])
+        model.proposal_sampler.set_anneal(merged_anneal)
