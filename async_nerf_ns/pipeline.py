@@ -35,6 +35,8 @@ from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY
 from async_nerf_ns.data.stage1 import STATE_NAMES, TIME_OFFSETS_KEY, Stage1, offset_table
 from async_nerf_ns.evaluation.appearance import LeftHalfFitted
 from async_nerf_ns.evaluation.depth_frames import depth_and_pose_metrics
+from async_nerf_ns.model.appearance_matching import fit_colour_transforms
+from async_nerf_ns.model.colour_match import MatchReport
 from async_nerf_ns.model.implementation import checkpoint_implementation, mismatch_message
 from async_nerf_ns.model.model import AsyncNerfModelConfig
 from async_nerf_ns.model.param_groups import TPF_GROUP, group_cell
@@ -44,6 +46,8 @@ from async_nerf_ns.viewer.partition_view import PartitionView, refresh_callback
 KEYS_ADDED_SINCE_4D66AAC = (TIME_OFFSETS_KEY, "_model.cells.*.train_psnr", "_model.cells.*.training_pixels")
 """State keys that checkpoints written before 4d66aac's successor lack; loading one fills them (no clock
 offset; the cells' status as this pipeline has it), so older runs still load strictly."""
+KEYS_ADDED_WITH_APPEARANCE_MATCHING = ("_model.cells.*.colour_transform",)
+"""Checkpoints written before appearance matching lack the cells' colour transforms: they load with the identity."""
 STAGE1_PREFIX = "stage1."
 """Where the pipeline holds its ``Stage1``; its keys are saved without this prefix."""
 LPIPS_STATE_PREFIX = "_model.lpips."
@@ -67,6 +71,13 @@ class AsyncNerfPipelineConfig(VanillaPipelineConfig):
     --viewer.max-num-display-images bounds the RGB ones), so a long capture opens without freezing."""
     viewer_refresh_steps: int = 100
     """During ns-train with the viewer, the cells panel is rewritten every this many steps."""
+    match_appearance: bool = True
+    """After training (the last step of an ns-train run that trains every cell, or the assembly of
+    async-nerf-train-cells / async-nerf-merge): fit each cell's colour transform so that neighbouring
+    cells render the rays both trained on (their margin) alike, chained from the cell with the most
+    rays (model/appearance_matching.py); printed per cell, saved with the checkpoint."""
+    appearance_match_rays: int = 4096
+    """Shared rays per pair of neighbouring cells that appearance matching renders (twice: once per cell)."""
 
 
 class AsyncNerfPipeline(VanillaPipeline):
@@ -190,6 +201,26 @@ class AsyncNerfPipeline(VanillaPipeline):
         metrics.update(depth_and_pose_metrics(self.model, self.stage1, self.datamanager))
         return metrics
 
+    # --- after training ---------------------------------------------------------------------------
+    def match_appearance(self) -> Optional[MatchReport]:
+        """Appearance matching across cells (``match_appearance``): sets the cells' colour transforms and
+        prints the report; None (nothing changed) when it is off, with one cell, or while some cells are
+        not trained in this run (cells trained apart are matched when they are assembled)."""
+        num_cells = self.geometry.num_cells
+        if not self.config.match_appearance or num_cells < 2 or len(self.trained_cell_list) < num_cells:
+            return None
+        shard_set = self.datamanager.write_shards(existing_only=True)["rgb"]
+        if shard_set is None:
+            CONSOLE.print("[yellow]Appearance matching skipped: the run's RGB shards are not on this machine.")
+            return None
+        report = fit_colour_transforms(
+            self.model, shard_set, self.datamanager.rgb_rays_for, self.config.appearance_match_rays,
+            seed=self.config.datamanager.sampling_seed,
+        )
+        for line in report.lines():
+            CONSOLE.print(line)
+        return report
+
     # --- checkpoints -------------------------------------------------------------------------------
     def load_pipeline(self, loaded_state: Dict[str, torch.Tensor], step: int) -> None:
         """Loads strictly (stage 1 rebuilds its TPFs to the checkpoint's shapes), filling the keys older
@@ -197,7 +228,9 @@ class AsyncNerfPipeline(VanillaPipeline):
         loaded_state = {k: v for k, v in loaded_state.items() if not k.startswith(LPIPS_STATE_PREFIX)}
         own = self.state_dict()
         for key in own:
-            if key not in loaded_state and any(fnmatch.fnmatchcase(key, p) for p in KEYS_ADDED_SINCE_4D66AAC):
+            if key not in loaded_state and any(
+                fnmatch.fnmatchcase(key, p) for p in KEYS_ADDED_SINCE_4D66AAC + KEYS_ADDED_WITH_APPEARANCE_MATCHING
+            ):
                 # A run trained before these existed: no clock offset was applied.
                 loaded_state[key] = offset_table(self.stage1.track_names, {}) if key == TIME_OFFSETS_KEY else own[key]
         self._match_field_implementation(loaded_state)

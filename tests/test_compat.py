@@ -22,9 +22,12 @@ from async_nerf_ns.method import async_nerf_config, async_nerf_small_config
 from examples.make_scene import SceneSpec, generate_scene
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ADDED_KEYS = {"depth_time_offsets"} | {f"_model.cells.{k}.{name}" for k in range(4) for name in ("train_psnr", "training_pixels")}
-"""Keys added since: the clock offsets of the depth tracks, each cell's status for the viewer; a checkpoint
-without them loads (no offset applied; ``AsyncNerfPipeline.load_pipeline``, tested below)."""
+ADDED_KEYS = {"depth_time_offsets"} | {
+    f"_model.cells.{k}.{name}" for k in range(4) for name in ("train_psnr", "training_pixels", "colour_transform")
+}
+"""Keys added since: the clock offsets of the depth tracks, each cell's status for the viewer, each cell's
+colour transform (appearance matching); a checkpoint without them loads (no offset applied, identity
+transforms; ``AsyncNerfPipeline.load_pipeline``, tested below)."""
 SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
 
 
@@ -78,6 +81,7 @@ def test_a_config_yml_written_before_loads_and_builds_the_same_pipeline(scene: P
     state = {k: v.clone() for k, v in pipeline.state_dict().items() if k not in ADDED_KEYS}
     pipeline.load_pipeline(state, step=3)
     assert pipeline.stage1.time_offsets() == {"lidar": 0.0}
+    assert all(torch.equal(cell.colour_transform, torch.eye(3, 4)) for cell in pipeline.model.cells)
     with pytest.raises(RuntimeError, match="Missing key"):
         pipeline.load_state_dict({k: v for k, v in state.items() if not k.startswith("_model.cells.3.")})
     assert torch.equal(pipeline.state_dict()["_model.centroids"], state["_model.centroids"])

@@ -301,6 +301,13 @@ class AsyncNerfDataManager(VanillaDataManager):
             )
         return {"rgb": rgb, "depth": depth}
 
+    def rgb_rays_for(self, records: np.ndarray) -> RayBundle:
+        """RGB shard records (``image``, ``pixel`` fields) as rays of the train cameras, on the device."""
+        image = torch.from_numpy(records["image"].astype(np.int64)).to(self.device)
+        pixel = torch.from_numpy(records["pixel"].astype(np.int64)).to(self.device)
+        width = self._widths[image]
+        return self.train_ray_generator(torch.stack([image, pixel // width, pixel % width], dim=-1))
+
     # --- batches ---------------------------------------------------------------------------------
     def _draw(self, step: int) -> int:
         """The draw of training step ``step``: the step itself; the next draw after it for a repeated step."""

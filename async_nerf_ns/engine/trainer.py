@@ -72,6 +72,8 @@ class AsyncNerfTrainer(Trainer):
         values = {"loss": loss, **loss_dict, **metrics_dict}
         self.last_train_metrics = {k: v.detach() for k, v in values.items() if isinstance(v, Tensor)}
         self.last_train_step = step
+        if step == self._start_step + self.config.max_num_iterations - 1:
+            self.pipeline.match_appearance()  # the run's last step: before nerfstudio saves its final checkpoint
         return loss, loss_dict, metrics_dict
 
     def setup_optimizers(self) -> CellOptimizers:

@@ -23,6 +23,8 @@ from nerfstudio.model_components.ray_samplers import ProposalNetworkSampler
 from nerfstudio.models.nerfacto import NerfactoModel
 from torch import Tensor, nn
 
+from async_nerf_ns.model.colour_match import IDENTITY
+
 
 class SeenImagesEmbedding(Embedding):
     """An appearance embedding whose mean (what nerfacto renders with at eval time) covers only the
@@ -116,6 +118,9 @@ class Cell(nn.Module):
         """PSNR of the cell's last training batch (NaN before its first): what the viewer's cells panel shows."""
         self.register_buffer("training_pixels", torch.zeros(3, dtype=torch.long))
         """RGB rays, depth rays and images of the cell's training data (from its ray shards)."""
+        self.register_buffer("colour_transform", IDENTITY.clone())
+        """Affine colour transform (3 x 4) the merged field applies to this cell's samples: appearance
+        matching across cells (colour_match.py) sets it after training; the identity until then."""
         self.step_count = 0
 
     def count_step(self) -> int:

@@ -30,6 +30,18 @@ def apply_transform(transform: Tensor, rgb: Tensor) -> Tensor:
     return (rgb @ transform[:, :3].T.to(rgb) + transform[:, 3].to(rgb)).clamp(0.0, 1.0)
 
 
+def apply_transforms(transforms: Tensor, rgb: Tensor) -> Tensor:
+    """``rgb`` (N, ..., 3) through per-item transforms (N, 3, 4) or one transform (3, 4), clamped to [0, 1].
+    The identity returns ``rgb`` unchanged bit for bit (x * 1 + y * 0 + z * 0 + 0 = x)."""
+    if transforms.dim() == 2:
+        return apply_transform(transforms, rgb)
+    shape = rgb.shape
+    flat = rgb.reshape(shape[0], -1, 3)
+    transforms = transforms.to(rgb)
+    out = torch.einsum("nij,nsj->nsi", transforms[:, :, :3], flat) + transforms[:, None, :, 3]
+    return out.clamp(0.0, 1.0).reshape(shape)
+
+
 def fit_affine(source: Tensor, target: Tensor, ridge: float = 1e-3) -> Tensor:
     """The affine (3, 4) that maps ``source`` colours (N, 3) closest to ``target`` (N, 3) in least squares,
     pulled towards the identity by ``ridge`` x N (so few or flat colours give a near-identity gain)."""

@@ -3,7 +3,9 @@
 The model hands nerfacto's ``get_outputs`` a field and proposal density functions that route through a
 `CellRouter`: every 3-D sample goes to the cell of its nearest centroid (ground-plane distance, as in
 Mega-NeRF); samples are grouped by cell, each group is evaluated by its cell alone and the results are
-scattered back, so a sample costs one cell evaluation whatever the number of cells. A training batch
+scattered back, so a sample costs one cell evaluation whatever the number of cells. Each sample's colour
+then goes through its cell's colour transform (appearance matching, colour_match.py; the identity, which
+changes no bit, until matching sets it). A training batch
 never comes here: it is rendered by its own cell's parts (the model's `TrainingView`).
 
 These are plain objects, not nn.Modules: the cells' parameters stay registered once, under the
@@ -21,6 +23,7 @@ from nerfstudio.cameras.rays import RaySamples
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor, nn
 
+from async_nerf_ns.model.colour_match import apply_transforms
 from async_nerf_ns.partition.routing import route_to_cells
 
 
@@ -98,6 +101,10 @@ class CellRouter:
     def cell_ids(self, positions: Tensor) -> Tensor:
         return route_to_cells(positions.detach(), self.centroids)
 
+    def colour_transforms(self) -> Tensor:
+        """(K, 3, 4): each cell's colour transform (appearance matching; the identity before it)."""
+        return torch.stack([cell.colour_transform for cell in self.cells])
+
 
 class MergedField:
     """A nerfacto field's ``forward`` over all cells."""
@@ -109,7 +116,9 @@ class MergedField:
         cells = self.router.cells
         mode = self.router.viewer_mode()
         if len(cells) == 1 and mode == ViewMode():
-            return cells[0].field.forward(ray_samples, compute_normals=compute_normals)
+            outputs = cells[0].field.forward(ray_samples, compute_normals=compute_normals)
+            outputs[FieldHeadNames.RGB] = apply_transforms(cells[0].colour_transform, outputs[FieldHeadNames.RGB])
+            return outputs
         shape = ray_samples.shape
         flat = ray_samples.flatten()
         cell_ids = self.router.cell_ids(flat.frustums.get_positions())
@@ -118,6 +127,7 @@ class MergedField:
             return cells[cell].field.forward(flat[index], compute_normals=compute_normals)
 
         merged = _scatter_by_cell(cell_ids, len(cells), evaluate)
+        merged[FieldHeadNames.RGB] = apply_transforms(self.router.colour_transforms()[cell_ids], merged[FieldHeadNames.RGB])
         if mode.only_cell is not None:
             density = merged[FieldHeadNames.DENSITY]
             merged[FieldHeadNames.DENSITY] = torch.where((cell_ids == mode.only_cell)[:, None], density, torch.zeros_like(density))
