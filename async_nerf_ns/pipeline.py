@@ -41,6 +41,7 @@ from async_nerf_ns.model.implementation import checkpoint_implementation, mismat
 from async_nerf_ns.model.model import AsyncNerfModelConfig
 from async_nerf_ns.model.param_groups import TPF_GROUP, group_cell
 from async_nerf_ns.partition.geometry import PartitionGeometry
+from async_nerf_ns.partition.seams import pooled_seam_metrics
 from async_nerf_ns.viewer.partition_view import PartitionView, refresh_callback
 
 KEYS_ADDED_SINCE_4D66AAC = (TIME_OFFSETS_KEY, "_model.cells.*.train_psnr", "_model.cells.*.training_pixels")
@@ -184,8 +185,8 @@ class AsyncNerfPipeline(VanillaPipeline):
         self, step: Optional[int] = None, output_path=None, get_std: bool = False
     ) -> Dict[str, float]:
         """nerfstudio's image metrics on val RGB frames (whole images with the average appearance, or
-        Mega-NeRF's right halves after fitting the appearance on the left), plus depth metrics and
-        depth-frame pose errors."""
+        Mega-NeRF's right halves after fitting the appearance on the left), the seams between cells, plus
+        depth metrics and depth-frame pose errors."""
         model_config = self.config.model
         if model_config.eval_appearance == "left-half":
             loader = LeftHalfFitted(
@@ -198,6 +199,7 @@ class AsyncNerfPipeline(VanillaPipeline):
             metrics["eval_appearance_steps"] = float(model_config.eval_appearance_steps)
         else:
             metrics = super().get_average_eval_image_metrics(step, output_path, get_std)
+        metrics = pooled_seam_metrics(metrics)  # per-image sums -> the seam metrics (partition/seams.py)
         metrics.update(depth_and_pose_metrics(self.model, self.stage1, self.datamanager))
         return metrics
 

@@ -3,11 +3,16 @@ border band, pooling over images as ns-eval averages them, and masked pixels."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.scene_box import SceneBox
 
+from async_nerf_ns.method import async_nerf_small_config
+from async_nerf_ns.model.model import OWNER_KEY
 from async_nerf_ns.partition.seams import SUM_PREFIX, border_band, pooled_seam_metrics, seam_sums
 
 
@@ -59,3 +64,24 @@ def test_pooled_over_images_as_totals_and_masked_pixels_take_no_part():
     flat = pooled_seam_metrics(_means(seam_sums(torch.full((4, 4, 3), 0.5), torch.zeros(4, 4, 3), cells)))
     assert flat["seam_step_across_cells"] == 0.0 and flat["seam_step_within_cells"] == 0.0
     assert "seam_step_ratio" not in flat  # 0 / 0: no ratio
+
+
+def test_a_merged_render_says_which_cell_owns_each_pixel_and_ns_eval_reports_the_seams():
+    """A 2-cell model's merged render of a camera looking straight down across the border: the owning cell
+    of each pixel is the cell of its surface point, and the image metrics carry the seam sums."""
+    config = dataclasses.replace(async_nerf_small_config().pipeline.model, implementation="torch")
+    centroids = torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]])
+    torch.manual_seed(0)
+    model = config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.5] * 3, [1.5] * 3])), num_train_data=2,
+                         metadata={}, centroids=centroids, device="cpu").eval()
+    camera = Cameras(camera_to_worlds=torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1.0]])[None],
+                     fx=8.0, fy=8.0, cx=8.0, cy=6.0, width=16, height=12)
+    with torch.no_grad():
+        outputs = model.get_outputs_for_camera(camera)
+    bundle = camera.generate_rays(camera_indices=0, keep_shape=True)
+    surface = bundle.origins + bundle.directions * outputs["depth"]
+    assert torch.equal(outputs[OWNER_KEY][..., 0].long(), (surface[..., 0] > 0).long())
+    assert 0 < int(outputs[OWNER_KEY].sum()) < 16 * 12  # the border crosses the image
+    metrics, _ = model.get_image_metrics_and_images(outputs, {"image": torch.rand(12, 16, 3)})
+    pooled = pooled_seam_metrics(metrics)
+    assert {"seam_step_across_cells", "seam_step_within_cells", "psnr_border_band"} <= set(pooled)

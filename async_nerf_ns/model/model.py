@@ -46,7 +46,10 @@ from async_nerf_ns.model.masked_metrics import kept_psnr, masked_prediction
 from async_nerf_ns.model.merged import CellRouter, MergedDensityFn, MergedField, in_viewer_thread
 from async_nerf_ns.model.param_groups import cell_group_name
 from async_nerf_ns.model.pose_refinement import RigPoseOptimizer
+from async_nerf_ns.partition.seams import seam_sums
 
+OWNER_KEY = "cell"
+"""Output of a merged render: the cell each ray's rendered surface belongs to (for the seam metric)."""
 ACCURATE_DEPTH_POSES = ("tpf", "gt")
 """Depth-pose sources whose per-frame corrections stay off unless refine_accurate_depth_poses."""
 
@@ -81,6 +84,9 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     each cell's mean embedding) or left-half (Mega-NeRF's protocol: an embedding per image and cell fitted
     on the image's left half, metrics on the right half; evaluation/appearance.py). For a finished run, set
     pipeline.model.eval_appearance in its config.yml."""
+    seam_band_px: int = 2
+    """ns-eval's seam metrics: the border band is every pixel within this many pixels of a pixel whose
+    surface belongs to another cell (PSNR in the band vs inside cells; partition/seams.py)."""
     eval_appearance_steps: int = 200
     """left-half: Adam steps fitting each val image's embeddings."""
     eval_appearance_rays: int = 1024
@@ -205,7 +211,16 @@ class AsyncNerfModel(NerfactoModel):
             ray_bundle = self.collider(ray_bundle)
         if not self.training and occupancy.use_occupancy(self.config.eval_sampler, ray_bundle.origins.device, in_viewer_thread()):
             return self.occupancy_renderer.render(ray_bundle)
-        return NerfactoModel.get_outputs(self._nerfacto_for(batch), ray_bundle)  # type: ignore[arg-type]
+        outputs = NerfactoModel.get_outputs(self._nerfacto_for(batch), ray_bundle)  # type: ignore[arg-type]
+        if not self.training and self.num_cells > 1:
+            outputs[OWNER_KEY] = self._owning_cells(ray_bundle, outputs["depth"])
+        return outputs
+
+    def _owning_cells(self, ray_bundle: RayBundle, depth: Tensor) -> Tensor:
+        """(N, 1) the cell each ray's rendered surface (the ray at its depth) belongs to, as a float (nerfstudio
+        concatenates outputs as images): the seam metric's ownership; the viewer can show it as an output."""
+        surface = ray_bundle.origins + ray_bundle.directions * depth
+        return self.router.cell_ids(surface)[..., None].to(depth.dtype)
 
     def anneal_merged_sampler(self) -> None:
         """Merged rendering anneals the proposal weights as the least-trained trained cell does (set after
@@ -258,14 +273,16 @@ class AsyncNerfModel(NerfactoModel):
         self, outputs: Dict[str, Tensor], batch: Dict[str, Tensor]
     ) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         keep = batch.get("mask")  # masks/STEM.png: its zeros are left out of the metrics (masked_metrics.py)
+        truth = self.renderer_rgb.blend_background(batch["image"].to(self.device))
+        rendered = outputs["rgb"]
         if keep is not None:
-            truth = self.renderer_rgb.blend_background(batch["image"].to(self.device))
-            rendered = outputs["rgb"]
             outputs = {**outputs, "rgb": masked_prediction(rendered, truth, keep)}
         metrics, images = super().get_image_metrics_and_images(outputs, batch)
         if keep is not None:
             metrics["psnr"], metrics["kept_pixel_fraction"] = kept_psnr(rendered, truth, keep)
             images["img"] = torch.cat([truth, rendered], dim=1)  # the rendering as it is, masked pixels too
+        if OWNER_KEY in outputs:  # seams between cells (partition/seams.py; pooled by the pipeline)
+            metrics.update(seam_sums(rendered, truth, outputs[OWNER_KEY].long(), keep, self.config.seam_band_px))
         if math.isnan(metrics.get("lpips", 0.0)):
             del metrics["lpips"]  # its weights are not on disk (see lpips.py)
         return metrics, images
