@@ -142,6 +142,7 @@ class AsyncNerfPipeline(VanillaPipeline):
             depth_pose_source=self.config.datamanager.depth_poses,
             depth_trajectory=self.stage1.corrections,
             cell_training_pixels=data.cell_training_pixels(),
+            boundary_margin=self.config.datamanager.partition.boundary_margin,
         )
         return model.to(self._device)
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.field_components.field_heads import FieldHeadNames
 
 from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_FRAME_KEY
 from async_nerf_ns.method import async_nerf_small_config
 from async_nerf_ns.model.merged import MergedDensityFn, MergedField
 from async_nerf_ns.model.model import AsyncNerfModel
-from async_nerf_ns.partition.routing import route_to_cells
+from async_nerf_ns.partition.routing import border_blend, route_to_cells
 
 # A 2x2 grid of centroids on the ground plane (world x-y); routing uses x-y only.
 CENTROIDS = torch.tensor([[-0.5, -0.5, 0.0], [-0.5, 0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0]])
@@ -91,6 +92,38 @@ def test_merged_field_equals_cell_field_on_ray_samples_inside_the_cell(model: As
             own = model.cells[k].field.forward(samples[inside])
             for name, value in own.items():
                 assert torch.equal(merged[name][inside], value), f"{name} differs in cell {k}"
+
+
+def test_border_blend_weights_by_hand():
+    # Centroids at x = -0.5 and 0.5, margin 1.15: on the border (x = 0) the two cells weigh 1/2 each; the
+    # band ends where the distance ratio reaches 1.15: 0.5 - x = 1.15 (x + 0.5), x = -0.075 / 2.15.
+    edge = -0.075 / 2.15
+    points = torch.tensor([[0.0, 0.3, 0.0], [edge / 2, 0.0, 0.0], [edge * 1.01, 0.0, 0.0], [0.2, -0.1, 0.5]])
+    first, second, weight = border_blend(points, torch.tensor([[-0.5, 0.0, 0.0], [0.5, 0.0, 0.0]]), 1.15)
+    assert first.tolist() == [0, 0, 0, 1] and second.tolist() == [1, 1, 1, 0]
+    ratio_half = (0.5 - edge / 2) / (edge / 2 + 0.5)
+    expected = [0.5, 0.5 * (1 - (ratio_half - 1) / 0.15), 0.0, 0.0]
+    assert torch.allclose(weight, torch.tensor(expected), atol=1e-6)
+
+
+def test_blended_merged_field_mixes_the_two_nearest_cells_in_the_band(model: AsyncNerfModel, monkeypatch):
+    bundle = _bundle(64, seed=3)
+    with torch.no_grad():
+        samples, _, _ = model.proposal_sampler(bundle, density_fns=model.density_fns)
+        flat = samples.flatten()
+        hard = MergedField(model.router)(flat)
+        monkeypatch.setattr(model.router, "blend_margin", 1.15)
+        blended = MergedField(model.router)(flat)
+        first, second, weight = border_blend(flat.frustums.get_positions(), CENTROIDS, 1.15)
+        band = weight > 0
+        assert 50 < int(band.sum()) < len(flat) // 2  # the random rays cross borders
+        for name in (FieldHeadNames.DENSITY, FieldHeadNames.RGB):
+            assert torch.equal(blended[name][~band], hard[name][~band])  # outside the band: the nearest cell
+            mine = torch.stack([model.cells[int(a)].field.forward(flat[i : i + 1])[name][0] for i, a in enumerate(first.tolist())])
+            theirs = torch.stack([model.cells[int(b)].field.forward(flat[i : i + 1])[name][0] for i, b in enumerate(second.tolist())])
+            w = weight[:, None]
+            expected = (1 - w) * mine + w * theirs
+            assert torch.allclose(blended[name][band], expected[band], atol=1e-5), name
 
 
 def test_training_batch_renders_and_steps_only_its_cell(model: AsyncNerfModel):

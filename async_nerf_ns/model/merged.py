@@ -24,7 +24,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from torch import Tensor, nn
 
 from async_nerf_ns.model.colour_match import apply_transforms
-from async_nerf_ns.partition.routing import route_to_cells
+from async_nerf_ns.partition.routing import border_blend, route_to_cells
 
 
 def _scatter_by_cell(cell_ids: Tensor, num_cells: int, evaluate: Callable[[int, Tensor], Dict]) -> Dict:
@@ -80,8 +80,11 @@ class ViewMode:
 class CellRouter:
     """The cells, their centroids, and the viewer's view mode."""
 
-    def __init__(self, cells: nn.ModuleList, centroids: Callable[[], Tensor]) -> None:
+    def __init__(self, cells: nn.ModuleList, centroids: Callable[[], Tensor], blend_margin: Optional[float] = None) -> None:
         self.cells = cells
+        self.blend_margin = blend_margin
+        """With a margin: samples near a border are rendered by both nearest cells, blended (``border_blend``);
+        None: each sample by its nearest cell alone."""
         self._centroids = centroids
         """Reads the owner's centroids buffer at each call: ``.to(device)`` and ``load_state_dict`` replace
         or fill it, and a copy kept here would go stale (and be copied to the device on every call)."""
@@ -121,13 +124,15 @@ class MergedField:
             return outputs
         shape = ray_samples.shape
         flat = ray_samples.flatten()
-        cell_ids = self.router.cell_ids(flat.frustums.get_positions())
-
-        def evaluate(cell: int, index: Tensor) -> Dict:
-            return cells[cell].field.forward(flat[index], compute_normals=compute_normals)
-
-        merged = _scatter_by_cell(cell_ids, len(cells), evaluate)
-        merged[FieldHeadNames.RGB] = apply_transforms(self.router.colour_transforms()[cell_ids], merged[FieldHeadNames.RGB])
+        positions = flat.frustums.get_positions()
+        blend = self.router.blend_margin is not None and mode == ViewMode()
+        if blend:
+            cell_ids, second, weight = border_blend(positions.detach(), self.router.centroids, self.router.blend_margin)
+        else:
+            cell_ids = self.router.cell_ids(positions)
+        merged = self._evaluate(flat, cell_ids, compute_normals)
+        if blend:
+            self._blend_second_cell(merged, flat, second, weight, compute_normals)
         if mode.only_cell is not None:
             density = merged[FieldHeadNames.DENSITY]
             merged[FieldHeadNames.DENSITY] = torch.where((cell_ids == mode.only_cell)[:, None], density, torch.zeros_like(density))
@@ -137,6 +142,30 @@ class MergedField:
         return {name: value.reshape(*shape, *value.shape[1:]) for name, value in merged.items()}
 
     __call__ = forward
+
+    def _evaluate(self, flat: RaySamples, cell_ids: Tensor, compute_normals: bool) -> Dict:
+        """Each sample by the cell ``cell_ids`` names, its colour through that cell's colour transform."""
+        cells = self.router.cells
+
+        def evaluate(cell: int, index: Tensor) -> Dict:
+            return cells[cell].field.forward(flat[index], compute_normals=compute_normals)
+
+        merged = _scatter_by_cell(cell_ids, len(cells), evaluate)
+        merged[FieldHeadNames.RGB] = apply_transforms(self.router.colour_transforms()[cell_ids], merged[FieldHeadNames.RGB])
+        return merged
+
+    def _blend_second_cell(self, merged: Dict, flat: RaySamples, second: Tensor, weight: Tensor, compute_normals: bool) -> None:
+        """Density and colour of the samples in a border band (``weight`` > 0) mixed with their second cell's:
+        ``(1 - w) first + w second``. Finding the band waits for the device once (its size)."""
+        band = torch.nonzero(weight > 0)[:, 0]
+        if len(band) == 0:
+            return
+        other = self._evaluate(flat[band], second[band], compute_normals)
+        w = weight[band][:, None]
+        for name in (FieldHeadNames.DENSITY, FieldHeadNames.RGB):
+            mine = merged[name]
+            mixed = ((1.0 - w) * mine[band] + w * other[name].to(mine.dtype)).to(mine.dtype)
+            merged[name] = mine.index_copy(0, band, mixed)
 
     def density_fn(self, positions: Tensor, times: Optional[Tensor] = None) -> Tensor:
         """Density of the radiance fields (not the proposal networks) at ``positions``, all cells merged

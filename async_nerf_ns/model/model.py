@@ -84,6 +84,12 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     each cell's mean embedding) or left-half (Mega-NeRF's protocol: an embedding per image and cell fitted
     on the image's left half, metrics on the right half; evaluation/appearance.py). For a finished run, set
     pipeline.model.eval_appearance in its config.yml."""
+    border_blend: bool = False
+    """How the merged field hands a sample from one cell to the next (ns-viewer, ns-eval, ns-render): False,
+    by its nearest cell (Mega-NeRF's hard switch at the border); True, samples within the partition's
+    boundary margin of a border are rendered by both nearest cells, density and colour blended with weights
+    1/2 at the border falling to 0 at the margin's edge (where the other cell stops having training data).
+    Costs a second field evaluation for the samples in the band."""
     seam_band_px: int = 2
     """ns-eval's seam metrics: the border band is every pixel within this many pixels of a pixel whose
     surface belongs to another cell (PSNR in the band vs inside cells; partition/seams.py)."""
@@ -123,6 +129,7 @@ class AsyncNerfModel(NerfactoModel):
         depth_pose_source: where the depth frames' poses come from (tpf, prior, gt).
         depth_trajectory: with TPF fine-tuning, the corrections from stage-1 to current TPF poses.
         cell_training_pixels: (K, 3) RGB rays, depth rays and images of each cell's training data.
+        boundary_margin: the partition's boundary margin (the band ``border_blend`` blends in).
     """
 
     config: AsyncNerfModelConfig
@@ -143,7 +150,8 @@ class AsyncNerfModel(NerfactoModel):
             for cell, counts in zip(self.cells, torch.as_tensor(pixels, dtype=torch.long)):
                 cell.training_pixels.copy_(counts)
         self.register_buffer("centroids", centroids.clone())
-        self.router = CellRouter(self.cells, lambda: self.centroids)
+        margin = float(self.kwargs.get("boundary_margin", 1.0))
+        self.router = CellRouter(self.cells, lambda: self.centroids, margin if self.config.border_blend else None)
         self.field = MergedField(self.router)  # type: ignore[assignment]
         self.density_fns = [MergedDensityFn(self.router, i) for i in range(self.config.num_proposal_iterations)]
         self.proposal_sampler = merged_sampler
