@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from async_nerf_ns.convert import bag_convert
+from async_nerf_ns.convert import bag_frames
 from async_nerf_ns.convert.bag_convert import convert_bag
 from async_nerf_ns.convert.bag_messages import stem_of
 from async_nerf_ns.convert.config import BagConfig
@@ -462,7 +462,7 @@ def test_an_interrupted_conversion_leaves_no_dataset_and_resumes(tmp_path, monke
     bag = write_rig_bag(tmp_path / "rig")
     out = tmp_path / "out"
     written: List[Path] = []
-    real = bag_convert._imwrite
+    real = bag_frames.imwrite
 
     def interrupted_at_the_sixth_png(path, pixels, level):
         if len(written) == 5:
@@ -470,7 +470,7 @@ def test_an_interrupted_conversion_leaves_no_dataset_and_resumes(tmp_path, monke
         written.append(path)
         real(path, pixels, level)
 
-    monkeypatch.setattr(bag_convert, "_imwrite", interrupted_at_the_sixth_png)
+    monkeypatch.setattr(bag_frames, "imwrite", interrupted_at_the_sixth_png)
     with pytest.raises(KeyboardInterrupt) as caught:
         convert_bag(make_config(bag, out, workers=1))
     assert not out.exists()  # nothing that looks like a dataset
@@ -481,7 +481,7 @@ def test_an_interrupted_conversion_leaves_no_dataset_and_resumes(tmp_path, monke
     assert len(journal) >= 5  # the 5 PNGs, and the .npy frames received before the sixth
 
     written.clear()
-    monkeypatch.setattr(bag_convert, "_imwrite", lambda path, pixels, level: (written.append(path),
+    monkeypatch.setattr(bag_frames, "imwrite", lambda path, pixels, level: (written.append(path),
                                                                                 real(path, pixels, level)))
     summary = convert_bag(make_config(bag, out, workers=1))
     assert len(written) == 12 + 5 - 5  # RGB and tof frames are PNGs; the 5 finished ones are not written again

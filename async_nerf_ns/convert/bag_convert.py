@@ -17,19 +17,15 @@ the bag's receive time; depth frames keep their own stamps."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import threading
 import warnings
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,13 +39,21 @@ from async_nerf_ns.convert.bag_messages import (
     CameraIntrinsics,
     MessageError,
     camera_info,
-    depth_payload,
     pose_matrix,
-    rgb_payload,
     stamp_ns,
     stem_of,
     tf_transforms,
     topic_list,
+)
+from async_nerf_ns.convert.bag_frames import (
+    FrameJournal,
+    FrameStream,
+    FrameWriters,
+    NoJournal,
+    message_errors,
+    worker_count,
+    write_depth_frame,
+    write_rgb_frame,
 )
 from async_nerf_ns.convert.config import BagConfig, FramesConfig
 from async_nerf_ns.convert.convert import check_rgb_count, check_val_every
@@ -74,54 +78,12 @@ from async_nerf_ns.layout import RGB_POSE_GT_TRACK, LayoutError
 RESUMABLE_SUFFIX = ".partial"
 """Frames are written into `.OUT.KEY.partial/` beside OUT (KEY: the bag's files and the options that decide
 the frame files); an interrupted conversion leaves it there and the same command resumes from it."""
-JOURNAL_FILE = "journal.jsonl"
-MAX_DEFAULT_WORKERS = 8
-"""--workers 0 means one writer thread per CPU core, up to this many."""
 DISTORTION_TOLERANCE = 1e-6
 """CameraInfo distortion coefficients below this are taken as zero (no warning)."""
 ZERO_STAMP = "has header stamp 0 (its driver does not set stamps); pass --stamp receive to use the bag's receive times"
 """A frame's error, with header stamps, where its driver left them 0 (convert_bag)."""
 ZERO_STAMP_SHORT = "has header stamp 0; pass --stamp receive"
 """The same error in extract_frames."""
-
-
-@dataclass
-class _Stream:
-    """One image topic being written: the RGB camera or a depth track."""
-
-    name: str
-    topic: str
-    msgtype: str
-    count: int
-    """Messages on the topic (from the bag's index)."""
-    folder: Path
-    frames: Dict[int, Path] = field(default_factory=dict)
-    """stamp ns -> the frame's file in the resumable folder."""
-    size: Optional[Tuple[int, int]] = None
-    encoding: Optional[str] = None
-    last: int = -1
-    backwards: int = 0
-    repeated: int = 0
-    resumed: int = 0
-    """Frames an interrupted run had written (not written again)."""
-
-    def accept(self, stamp: int) -> bool:
-        """Counts out-of-order and repeated stamps; False for a repeat (the first frame is kept)."""
-        if stamp in self.frames:
-            self.repeated += 1
-            return False
-        if stamp < self.last:
-            self.backwards += 1
-        self.last = max(self.last, stamp)
-        return True
-
-    def check_size(self, size: Tuple[int, int], bag: Path, stamp: int) -> None:
-        if self.size is None:
-            self.size = size
-        elif size != self.size:
-            raise RawDataError(bag, f"topic {self.topic}: the frame at {stem_of(stamp)} s is {size[0]}x{size[1]} "
-                               f"pixels but earlier ones are {self.size[0]}x{self.size[1]}; one set of intrinsics "
-                               "needs one size per stream")
 
 
 def _open_bag(path: Path):
@@ -194,8 +156,8 @@ def _check_topic(topics: Dict[str, Any], topic: str, types: Tuple[str, ...], fla
 class _Plan:
     """Which topic plays which part."""
 
-    rgb: _Stream
-    depth: Dict[str, _Stream]
+    rgb: FrameStream
+    depth: Dict[str, FrameStream]
     info_topics: Dict[str, str]
     """stream name -> CameraInfo topic, for the streams whose intrinsics come from the bag."""
     pose_topic: Optional[str] = None
@@ -203,7 +165,7 @@ class _Plan:
 
 
 def _info_topics(
-    config: BagConfig, bag: Path, topics: Dict[str, Any], rgb: _Stream, depth: Dict[str, _Stream]
+    config: BagConfig, bag: Path, topics: Dict[str, Any], rgb: FrameStream, depth: Dict[str, FrameStream]
 ) -> Dict[str, str]:
     """stream name -> its CameraInfo topic (given, or beside its image topic), for streams without intrinsics."""
     info_topics = {}
@@ -228,12 +190,12 @@ def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) ->
     _check_track_names(config, bag)
     source = _pose_source(config)
     _check_topic(topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
-    rgb = _Stream("rgb", config.rgb_topic, topics[config.rgb_topic].msgtype, topics[config.rgb_topic].msgcount,
+    rgb = FrameStream("rgb", config.rgb_topic, topics[config.rgb_topic].msgtype, topics[config.rgb_topic].msgcount,
                   frames / "rgb")
     depth = {}
     for track, topic in config.depth_topic.items():
         _check_topic(topics, topic, IMAGE_TYPES, f"--depth-topic {track}", bag)
-        depth[track] = _Stream(track, topic, topics[topic].msgtype, topics[topic].msgcount, frames / f"depth_{track}")
+        depth[track] = FrameStream(track, topic, topics[topic].msgtype, topics[topic].msgcount, frames / f"depth_{track}")
     plan = _Plan(rgb=rgb, depth=depth, info_topics=_info_topics(config, bag, topics, rgb, depth))
     if source == "--pose-topic":
         _check_topic(topics, config.pose_topic, POSE_TYPES, "--pose-topic", bag)
@@ -255,143 +217,6 @@ class _Collected:
     pose_times: List[int] = field(default_factory=list)
     pose_matrices: List[np.ndarray] = field(default_factory=list)
     tf: TfTree = field(default_factory=TfTree)
-
-
-def _imwrite(path: Path, pixels: np.ndarray, png_compression: int) -> None:
-    import cv2
-
-    if not cv2.imwrite(str(path), pixels, [cv2.IMWRITE_PNG_COMPRESSION, png_compression]):
-        raise OSError(f"cannot write {path}")
-
-
-def _write_rgb(stream: _Stream, message: Any, stamp: int, bag: Path, png_compression: int) -> Optional[Callable[[], None]]:
-    """Checks the frame and registers its file; returns the work that writes it (None: written already)."""
-    payload = rgb_payload(message, stream.msgtype)
-    stream.check_size(payload.size, bag, stamp)
-    path = stream.folder / (stem_of(stamp) + payload.suffix)
-    stream.frames[stamp] = path
-    if payload.encoded is not None:  # JPEG/PNG: the message's bytes are the file
-        path.write_bytes(payload.encoded)
-        return None
-    decode = payload.decode
-    assert decode is not None
-    return lambda: _imwrite(path, decode(), png_compression)
-
-
-def _write_depth(stream: _Stream, message: Any, stamp: int, bag: Path, png_compression: int) -> Optional[Callable[[], None]]:
-    payload = depth_payload(message, stream.msgtype)
-    stream.check_size(payload.size, bag, stamp)
-    if stream.encoding is None:
-        stream.encoding = payload.encoding
-    elif payload.encoding != stream.encoding:
-        raise MessageError(f"depth encoding changes from {stream.encoding} to {payload.encoding}")
-    stem = stem_of(stamp)
-    if payload.png is not None:
-        path = stream.folder / (stem + ".png")
-        path.write_bytes(payload.png)
-        stream.frames[stamp] = path
-        return None
-    array = payload.array
-    assert array is not None
-    if payload.encoding == "16UC1":  # millimetres: the layout's 16-bit PNG convention
-        path = stream.folder / (stem + ".png")
-        stream.frames[stamp] = path
-        return lambda: _imwrite(path, array, png_compression)
-    path = stream.folder / (stem + ".npy")  # float32 metres (non-finite = no measurement, as in the layout)
-    stream.frames[stamp] = path
-    np.save(path, array)
-    return None
-
-
-class _Writers:
-    """Frame encodings run on `workers` threads (OpenCV's encoders release the GIL), at most 2 per thread
-    in flight, so memory holds a bounded number of frames; the first failure is raised in the main thread."""
-
-    def __init__(self, workers: int, bag: Path):
-        self.workers, self.bag = workers, bag
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="async-nerf-convert") if workers > 1 else None
-        self.pending: Deque[Tuple[Future, str]] = deque()
-
-    def submit(self, work: Callable[[], None], where: str, done: Callable[[], None]) -> None:
-        """Runs `work`, then `done` (the journal entry: only a finished file is resumable)."""
-        if self.pool is None:
-            self._run(work, where, done)
-            return
-        self.pending.append((self.pool.submit(self._run, work, where, done), where))
-        while len(self.pending) > 2 * self.workers:
-            self.pending.popleft()[0].result()
-
-    def _run(self, work: Callable[[], None], where: str, done: Callable[[], None]) -> None:
-        with _message_errors(self.bag, where):  # e.g. a colour conversion rosbags-image does not have
-            work()
-        done()
-
-    def finish(self) -> None:
-        while self.pending:
-            self.pending.popleft()[0].result()
-
-    def close(self) -> None:
-        """Waits for (or cancels) every write, so nothing writes into the staging folder after this."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def worker_count(requested: int) -> int:
-    return requested if requested > 0 else max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
-
-
-class _Journal:
-    """The frames a conversion has finished writing into its resumable folder, one JSON line each; a
-    rerun with the same bag and options skips them. A file without its line (cut off mid-write) is
-    written again."""
-
-    def __init__(self, folder: Path):
-        self.path = folder / JOURNAL_FILE
-        self.lock = threading.Lock()
-        self.done: Dict[Tuple[str, int], Dict[str, Any]] = {}
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                    key = (str(entry["stream"]), int(entry["stamp"]))
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut off by the interruption
-                if (folder / entry["stream_folder"] / entry["file"]).is_file():
-                    self.done[key] = entry
-        self.file = self.path.open("a")
-
-    def add(self, stream: _Stream, stamp: int) -> None:
-        assert stream.size is not None
-        entry = {"stream": stream.name, "stamp": stamp, "stream_folder": stream.folder.name,
-                 "file": stream.frames[stamp].name, "size": list(stream.size), "encoding": stream.encoding}
-        with self.lock:
-            self.file.write(json.dumps(entry) + "\n")
-            self.file.flush()
-
-    def restore(self, stream: _Stream, stamp: int, bag: Path) -> bool:
-        """Registers a frame an earlier run wrote; False if there is none."""
-        entry = self.done.get((stream.name, stamp))
-        if entry is None:
-            return False
-        stream.check_size(tuple(entry["size"]), bag, stamp)
-        if stream.encoding is None:
-            stream.encoding = entry["encoding"]
-        stream.frames[stamp] = stream.folder / entry["file"]
-        stream.resumed += 1
-        return True
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _NoJournal:
-    """extract_frames resumes nothing: no frame to restore, none to record."""
-
-    def restore(self, stream: _Stream, stamp: int, bag: Path) -> bool:
-        return False
-
-    def add(self, stream: _Stream, stamp: int) -> None:
-        """Records nothing: a frame extraction is not resumed."""
 
 
 def _progress(total: int, show: bool):
@@ -453,41 +278,30 @@ def _messages(
             stop()
 
 
-@contextlib.contextmanager
-def _message_errors(bag: Path, where: str) -> Iterator[None]:
-    """A message the converter cannot use as the bag's error naming the message; a TF error as --tf's."""
-    try:
-        yield
-    except MessageError as error:
-        raise RawDataError(bag, f"{where}: {error}; nothing was written") from error
-    except TfError as error:
-        raise RawDataError(bag, f"--tf: {error}") from error
-
-
 class _Frames:
     """Where the pass puts image frames: a frame's stamp is checked; a repeated stamp, or a frame the journal
     has from an interrupted run, is not written again; the rest is written (encoded on the writer threads)
     and journaled once on disk."""
 
-    def __init__(self, workers: int, png_compression: int, bag: Path, journal: Union[_Journal, _NoJournal],
+    def __init__(self, workers: int, png_compression: int, bag: Path, journal: Union[FrameJournal, NoJournal],
                  zero_stamp: str):
-        self.writers = _Writers(worker_count(workers), bag)
+        self.writers = FrameWriters(worker_count(workers), bag)
         self.png_compression, self.bag, self.journal, self.zero_stamp = png_compression, bag, journal, zero_stamp
 
     def take_all(self, messages: Generator[_BagMessage, None, None], take: Callable[[_BagMessage], None]) -> None:
-        """`take(message)` for each message (its errors named by `_message_errors`), then waits for the writes;
+        """`take(message)` for each message (its errors named by `message_errors`), then waits for the writes;
         the writer threads and the messages' progress bar end however the pass ends."""
         try:
             for item in messages:
-                with _message_errors(self.bag, item.where):
+                with message_errors(self.bag, item.where):
                     take(item)
             self.writers.finish()
         finally:
             self.writers.close()
             messages.close()
 
-    def take(self, stream: _Stream, item: _BagMessage, write: Callable[..., Optional[Callable[[], None]]]) -> None:
-        """`write`: _write_rgb or _write_depth."""
+    def take(self, stream: FrameStream, item: _BagMessage, write: Callable[..., Optional[Callable[[], None]]]) -> None:
+        """`write`: write_rgb_frame or write_depth_frame."""
         stamp = item.stamp()
         if stamp <= 0:
             raise MessageError(self.zero_stamp)
@@ -512,7 +326,7 @@ def _keep_pose(collected: _Collected, item: _BagMessage) -> None:
 
 
 def _read_pass(
-    reader, plan: _Plan, config: BagConfig, bag: Path, show_progress: bool, journal: _Journal
+    reader, plan: _Plan, config: BagConfig, bag: Path, show_progress: bool, journal: FrameJournal
 ) -> _Collected:
     """The one pass over the bag: frames written as they come (or found in the journal), small things kept."""
     collected = _Collected()
@@ -535,7 +349,7 @@ def _read_pass(
             _keep_pose(collected, item)
         if item.topic in streams:
             stream = streams[item.topic]
-            frames.take(stream, item, _write_rgb if stream is plan.rgb else _write_depth)
+            frames.take(stream, item, write_rgb_frame if stream is plan.rgb else write_depth_frame)
 
     frames = _Frames(config.workers, config.png_compression, bag, journal, ZERO_STAMP)
     connections = [c for c in reader.connections if c.topic in wanted]
@@ -543,7 +357,7 @@ def _read_pass(
     return collected
 
 
-def _intrinsics(stream: _Stream, override, collected: _Collected, plan: _Plan, bag: Path, notes: List[str]) -> np.ndarray:
+def _intrinsics(stream: FrameStream, override, collected: _Collected, plan: _Plan, bag: Path, notes: List[str]) -> np.ndarray:
     if override is not None:
         values = np.asarray(override, dtype=np.float64)
         if values.shape != (4,) or not np.isfinite(values).all() or values[0] <= 0 or values[1] <= 0:
@@ -600,14 +414,14 @@ def _link(source: Path, target_stem: Path) -> Path:
     return target
 
 
-def _out_stream(stream: _Stream, intrinsics: np.ndarray, offset_s: float, depth_scale: Optional[float]) -> OutStream:
+def _out_stream(stream: FrameStream, intrinsics: np.ndarray, offset_s: float, depth_scale: Optional[float]) -> OutStream:
     frames = [OutFrame(stem=stem_of(stamp), time=stamp * 1e-9 + offset_s, write=partial(_link, stream.frames[stamp]))
               for stamp in sorted(stream.frames)]
     assert stream.size is not None
     return OutStream(name=stream.name, size=stream.size, intrinsics=intrinsics, frames=frames, depth_scale=depth_scale)
 
 
-def _stream_notes(stream: _Stream, stacklevel: int = 3) -> List[str]:
+def _stream_notes(stream: FrameStream, stacklevel: int = 3) -> List[str]:
     """Out-of-order and repeated stamps, warned (`stacklevel`: at the caller of convert_bag/extract_frames)."""
     notes = []
     if stream.backwards:
@@ -663,7 +477,7 @@ def _read_bag(
     reader, config: BagConfig, bag: Path, frames_folder: Path, show_progress: bool
 ) -> Tuple[_Plan, _Collected]:
     """Which topic plays which part, then the one pass into the resumable folder; closes the bag."""
-    journal = _Journal(frames_folder)
+    journal = FrameJournal(frames_folder)
     try:
         plan = _plan(config, bag, reader.topics, frames_folder)
         return plan, _read_pass(reader, plan, config, bag, show_progress, journal)
@@ -767,16 +581,16 @@ def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSum
     return summary
 
 
-def _extract_rgb(reader, config: FramesConfig, bag: Path, folder: Path, show_progress: bool) -> _Stream:
+def _extract_rgb(reader, config: FramesConfig, bag: Path, folder: Path, show_progress: bool) -> FrameStream:
     """The RGB topic's frames written into `folder`; closes the bag."""
     try:
         _check_topic(reader.topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
         info = reader.topics[config.rgb_topic]
-        stream = _Stream("rgb", config.rgb_topic, info.msgtype, info.msgcount, folder)
+        stream = FrameStream("rgb", config.rgb_topic, info.msgtype, info.msgcount, folder)
         connections = [c for c in reader.connections if c.topic == config.rgb_topic]
         messages = _messages(reader, connections, config.stamp, show_progress, total=lambda connection: info.msgcount)
-        frames = _Frames(config.workers, config.png_compression, bag, _NoJournal(), ZERO_STAMP_SHORT)
-        frames.take_all(messages, lambda item: frames.take(stream, item, _write_rgb))
+        frames = _Frames(config.workers, config.png_compression, bag, NoJournal(), ZERO_STAMP_SHORT)
+        frames.take_all(messages, lambda item: frames.take(stream, item, write_rgb_frame))
         return stream
     finally:
         reader.close()
