@@ -251,49 +251,65 @@ def estimate_time_offset(
         applied = kwargs.pop("applied_s", given_s)
         return TimeOffsetEstimate(name, given_s, applied, status, message, seconds=time.perf_counter() - started, **kwargs)
 
+    track, given = f"depth track '{name}'", f"using the given {given_s * 1000:+.1f} ms"
     if not config.estimate:
-        return result("not estimated", f"depth track '{name}': offset {given_s * 1000:+.1f} ms as given (estimation off)")
+        return result("not estimated", f"{track}: offset {given_s * 1000:+.1f} ms as given (estimation off)")
     frames = _prepare(times, intrinsics, distances, config)
-    n = len(times)
+    pairs = _pairs_that_overlap(frames, len(times), given_s, poses_at, config)
+    if len(pairs) < config.min_pairs:
+        return result("unobservable", f"{track}: only {len(pairs)} pairs of depth frames overlap (need "
+                      f"{config.min_pairs}): the clock offset cannot be estimated; {given}", pairs=len(pairs))
+    coarse, coarse_curve = _coarse_search(frames, pairs, given_s, poses_at, config)
+    curve = {"curve_offsets_s": coarse.tolist(), "curve_costs": coarse_curve.tolist(), "pairs": len(pairs)}
+    best = int(np.argmin(coarse_curve))
+    relief = (coarse_curve.max() - coarse_curve.min()) / max(coarse_curve.min(), 1e-12)
+    radius = config.search_range_s
+    if relief < config.min_relief:
+        return result("unobservable", f"{track}: the depth frames agree equally well at every offset within "
+                      f"{radius * 1000:.0f} ms (the cost varies by {relief:.1%}): a static or constant-velocity sensor "
+                      f"does not determine its clock offset; {given}", **curve)
+    if best in (0, len(coarse) - 1):
+        return result("at range edge", f"{track}: the best offset lies at the edge of the search range "
+                      f"({coarse[best] * 1000:+.0f} ms, range {given_s * 1000:+.0f} +- {radius * 1000:.0f} ms): the "
+                      "offset may be larger than the range; widen --pipeline.datamanager.time-offset.search-range-s or "
+                      f"give the offset; {given}", **curve)
+    estimate, std, curve = _fine_search(frames, pairs, coarse, coarse_curve, best, poses_at, config, curve)
+    found = {"estimate_s": estimate, "std_s": std, **curve}
+    text = f"{estimate * 1000:+.1f} +- {std * 1000:.1f} ms from {len(pairs)} pairs of depth frames"
+    if std > config.max_std_s:
+        return result("too uncertain", f"{track}: clock offset {text}: too uncertain (more than "
+                      f"{config.max_std_s * 1000:.0f} ms); {given}", **found)
+    threshold = max(config.significance * std, config.min_change_s)
+    if abs(estimate - given_s) <= threshold:
+        return result("not significant", f"{track}: clock offset {text}: within {threshold * 1000:.1f} ms of the "
+                      f"given {given_s * 1000:+.1f} ms, which is kept", **found)
+    return result("estimated", f"{track}: clock offset {text}: used", applied_s=estimate, **found)
+
+
+def _pairs_that_overlap(frames, n: int, given_s: float, poses_at: PoseFunction, config: TimeOffsetConfig) -> Tensor:
+    """(P, 2) ordered pairs of frames at most ``max_frames_apart`` apart (both orders) whose views overlap
+    by at least ``min_overlap`` at the given offset."""
     candidates = [(a, a + k) for k in range(1, config.max_frames_apart + 1) for a in range(n - k)]
     candidates += [(b, a) for a, b in candidates]
     pairs = torch.tensor(candidates, dtype=torch.long).reshape(-1, 2)
     if len(pairs):
         _, overlap = _costs(frames, pairs, np.array([given_s]), poses_at, config)
         pairs = pairs[torch.from_numpy(overlap[0] >= config.min_overlap)]
-    if len(pairs) < config.min_pairs:
-        return result(
-            "unobservable",
-            f"depth track '{name}': only {len(pairs)} pairs of depth frames overlap (need {config.min_pairs}): "
-            f"the clock offset cannot be estimated; using the given {given_s * 1000:+.1f} ms",
-            pairs=len(pairs),
-        )
+    return pairs
 
+
+def _coarse_search(frames, pairs: Tensor, given_s: float, poses_at: PoseFunction, config: TimeOffsetConfig):
+    """The offsets of the coarse grid (given +- search range) and the mean cost over the pairs at each."""
     radius = config.search_range_s
     coarse = given_s + np.linspace(-radius, radius, config.coarse_steps)
     coarse_costs, _ = _costs(frames, pairs, coarse, poses_at, config)
-    coarse_curve = coarse_costs.mean(axis=1)
-    curve = {"curve_offsets_s": coarse.tolist(), "curve_costs": coarse_curve.tolist(), "pairs": len(pairs)}
-    best = int(np.argmin(coarse_curve))
-    relief = (coarse_curve.max() - coarse_curve.min()) / max(coarse_curve.min(), 1e-12)
-    if relief < config.min_relief:
-        return result(
-            "unobservable",
-            f"depth track '{name}': the depth frames agree equally well at every offset within "
-            f"{radius * 1000:.0f} ms (the cost varies by {relief:.1%}): a static or constant-velocity sensor does "
-            f"not determine its clock offset; using the given {given_s * 1000:+.1f} ms",
-            **curve,
-        )
-    if best in (0, len(coarse) - 1):
-        return result(
-            "at range edge",
-            f"depth track '{name}': the best offset lies at the edge of the search range "
-            f"({coarse[best] * 1000:+.0f} ms, range {given_s * 1000:+.0f} +- {radius * 1000:.0f} ms): the offset "
-            "may be larger than the range; widen --pipeline.datamanager.time-offset.search-range-s or give the "
-            f"offset; using the given {given_s * 1000:+.1f} ms",
-            **curve,
-        )
+    return coarse, coarse_costs.mean(axis=1)
 
+
+def _fine_search(frames, pairs: Tensor, coarse, coarse_curve, best: int, poses_at: PoseFunction,
+                 config: TimeOffsetConfig, curve: dict):
+    """Around the coarse minimum: the parabola's minimum of the fine costs, its bootstrap standard deviation
+    over the pairs, and the cost curve with the fine offsets merged in."""
     coarse_step = coarse[1] - coarse[0]
     fine = np.arange(coarse[best] - 2 * coarse_step, coarse[best] + 2 * coarse_step + 1e-12, config.fine_step_s)
     fine_costs, _ = _costs(frames, pairs, fine, poses_at, config)
@@ -303,24 +319,7 @@ def estimate_time_offset(
         _parabola_minimum(fine, fine_costs[:, rng.integers(0, len(pairs), len(pairs))].mean(axis=1))
         for _ in range(config.bootstrap)
     ]
-    std = float(np.std(samples))
     order = np.argsort(np.concatenate([coarse, fine]))
-    curve["curve_offsets_s"] = np.concatenate([coarse, fine])[order].tolist()
-    curve["curve_costs"] = np.concatenate([coarse_curve, fine_costs.mean(axis=1)])[order].tolist()
-    found = {"estimate_s": estimate, "std_s": std, **curve}
-    text = f"{estimate * 1000:+.1f} +- {std * 1000:.1f} ms from {len(pairs)} pairs of depth frames"
-    if std > config.max_std_s:
-        return result(
-            "too uncertain",
-            f"depth track '{name}': clock offset {text}: too uncertain (more than {config.max_std_s * 1000:.0f} ms); "
-            f"using the given {given_s * 1000:+.1f} ms",
-            **found,
-        )
-    if abs(estimate - given_s) <= max(config.significance * std, config.min_change_s):
-        return result(
-            "not significant",
-            f"depth track '{name}': clock offset {text}: within {max(config.significance * std, config.min_change_s) * 1000:.1f} ms "
-            f"of the given {given_s * 1000:+.1f} ms, which is kept",
-            **found,
-        )
-    return result("estimated", f"depth track '{name}': clock offset {text}: used", applied_s=estimate, **found)
+    curve = {**curve, "curve_offsets_s": np.concatenate([coarse, fine])[order].tolist(),
+             "curve_costs": np.concatenate([coarse_curve, fine_costs.mean(axis=1)])[order].tolist()}
+    return estimate, float(np.std(samples)), curve
