@@ -151,9 +151,12 @@ def test_assembled_weights_equal_the_local_backend_run(killed_worker_run: Path, 
     assert ray_weights["trained_cells"].all()
     cells = [_weights(cell_dir(killed_worker_run, k) / "config.yml") for k in (0, 1)]
     for k in (0, 1):  # each cell's weights are those of the task that trained it, not its initial ones
-        keys = [name for name in ray_weights if name.startswith(f"_model.cells.{k}.")]
+        keys = [name for name in ray_weights if name.startswith(f"_model.cells.{k}.") and not name.endswith("colour_transform")]
         assert all(torch.equal(ray_weights[name], cells[k][name]) for name in keys)
         assert any(not torch.equal(ray_weights[name], cells[1 - k][name]) for name in keys)
+    # ... but for the colour transforms, which the assembly fits (appearance matching): the root keeps the identity.
+    transforms = [ray_weights[f"_model.cells.{k}.colour_transform"] for k in (0, 1)]
+    assert sum(torch.equal(t, torch.eye(3, 4)) for t in transforms) == 1, transforms
 
 
 def test_assembled_run_passes_ns_eval(killed_worker_run: Path, tmp_path: Path):

@@ -164,7 +164,7 @@ def check_cells_run(run: Path, strict: bool = True) -> Report:
 
 def check_assembled(report: Report, base: Path, done: Dict[int, Dict[str, Any]], cells: int, strict: bool) -> None:
     """The assembled run's checkpoints load, and its cell parameters are those of the cells' final
-    checkpoints (the ones their DONE.json names)."""
+    checkpoints (the ones their DONE.json names), but for the colour transforms the assembly fits."""
     loaded = check_checkpoints(report, base, strict)
     if not loaded:
         return
@@ -181,7 +181,8 @@ def check_assembled(report: Report, base: Path, done: Dict[int, Dict[str, Any]],
             mismatched.append(f"cell {k}: its final checkpoint {record['checkpoint']} does not load ({error})")
             continue
         prefix = f"{CELL_STATE_PREFIX}{k}."
-        keys = [key for key in cell_state_dict if key.startswith(prefix)]
+        # A cell's colour transform is the assembly's own (appearance matching across the cells), not the task's.
+        keys = [key for key in cell_state_dict if key.startswith(prefix) and not key.endswith(".colour_transform")]
         differing = [key for key in keys if key not in state or not torch.equal(state[key], cell_state_dict[key])]
         if not keys or differing:
             mismatched.append(f"cell {k}: {len(differing)} of {len(keys)} parameters differ from {record['checkpoint']}")

@@ -32,6 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from async_nerf_ns.files.checkpoints import atomic_torch_save, checkpoint_name, checkpoints_by_step, remove_checkpoint
@@ -210,7 +211,8 @@ def write_assembled_run(
     if transforms is not None and Path(transforms).exists():
         shutil.copy(transforms, base / "dataparser_transforms.json")
     if check:
-        check_assembled_run(base / "config.yml")
+        for line in check_assembled_run(base / "config.yml")["appearance"]:
+            CONSOLE.print(line)
     return base / "config.yml"
 
 
@@ -218,14 +220,27 @@ def check_assembled_run(config_path: Path) -> Dict[str, object]:
     """Loads an assembled run back the way ns-eval and ns-viewer load it (nerfstudio's ``eval_setup``);
     the pipeline loads strictly, so a missing or mismatched cell fails here rather than rendering an
     untrained cell (and so do tcnn cells where tinycudann or CUDA is missing: nerfstudio then builds
-    torch fields, whose keys differ). Returns where it loaded (host, pid, device, the configured field
-    implementation) and its step.
+    torch fields, whose keys differ). The cells' appearance is then matched (``pipeline.match_appearance``)
+    and the colour transforms stored in the checkpoint. Returns where it loaded (host, pid, device, the
+    configured field implementation), its step and the matching report's lines.
     """
     import os
     import socket
 
     from nerfstudio.utils.eval_utils import eval_setup
 
-    config, pipeline, _, step = eval_setup(Path(config_path), test_mode="inference")
+    config, pipeline, checkpoint, step = eval_setup(Path(config_path), test_mode="test")
+    report = pipeline.match_appearance()  # the cells were trained apart: matched now that they are together
+    if report is not None:
+        store_colour_transforms(checkpoint, pipeline.model)
     return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(pipeline.device),
-            "implementation": config.pipeline.model.implementation, "step": int(step)}
+            "implementation": config.pipeline.model.implementation, "step": int(step),
+            "appearance": [] if report is None else report.lines()}
+
+
+def store_colour_transforms(checkpoint: Path, model) -> None:
+    """The model's cells' colour transforms written into ``checkpoint`` (atomically, with its CRC-32)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for k, cell in enumerate(model.cells):
+        state["pipeline"][f"_model.cells.{k}.colour_transform"] = cell.colour_transform.detach().cpu().clone()
+    atomic_torch_save(state, checkpoint, resume="run the assembly again (async-nerf-merge / async-nerf-train-cells)")

@@ -37,6 +37,8 @@ def assemble_run(
     checked = check(path)
     CONSOLE.print(f"[bold green]Assembled {len(records)} cells into {path}[/] (loaded back by pid "
                   f"{checked['pid']} on {checked['host']}, {checked['device']}, {checked['implementation']} fields)")
+    for line in checked.get("appearance", []):
+        CONSOLE.print(f"  {line}")
     CONSOLE.print(f"  ns-eval --load-config {path} --output-path eval.json\n  ns-viewer --load-config {path}")
     return path
 
