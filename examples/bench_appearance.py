@@ -1,7 +1,7 @@
 """Is the merged field one scene? Appearance matching off/on, hard/blended cell borders, moving objects
 unmasked/masked, on the example town with light that changes along the flight and cars on the streets.
 
-    python -m examples.bench_appearance [--iterations 1000] [--seeds 0 1] [--output bench_out/appearance]
+    python -m examples.bench_appearance [--iterations 1000] [--seeds 0 1] [--output bench_out/appearance] [--reuse]
 
 The scene: ``make_scene --appearance-drift 0.25 --num-movers 100`` (per-channel gains 0.75-1.25 over the
 capture; cars in ~2-3 % of the pixels, masks written for them). Each (seed, masks) pair is one training
@@ -16,6 +16,7 @@ as means over the seeds with the spread.
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import sys
@@ -80,6 +81,23 @@ def run_row(scene: str, masked: bool, seed: int, iterations: int, output: str, t
     return result  # type: ignore[return-value]
 
 
+def reevaluate_row(scene: str, masked: bool, seed: int, iterations: int, output: str, threads=None) -> Dict[str, Any]:
+    """``--reuse``: the run ``run_row`` trained, loaded from its checkpoint, appearance matched again with this
+    code (``pipeline.match_appearance``) and evaluated as ``run_row`` does."""
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    bc.set_threads(threads)
+    name = f"{'masked' if masked else 'unmasked'}-seed{seed}"
+    config_path = Path(output) / name / "async-nerf-small" / "run" / "config.yml"
+    _, pipeline, _, step = eval_setup(config_path, test_mode="test")
+    report = pipeline.match_appearance()
+    trainer = type("Loaded", (), {"pipeline": pipeline})()
+    extras = evaluate_variants(trainer)
+    extras["matching"] = [] if report is None else report.lines()
+    return {"name": name, "iterations": step + 1, "extras": extras, "reused": str(config_path),
+            "psnr": extras["match=True,blend=False"]["psnr"], "s_per_iter": math.nan, "setup_s": math.nan}
+
+
 def _summary(rows: List[Dict[str, Any]], masked: bool, variant: str, metric: str) -> str:
     values = [r["extras"][variant][metric] for r in rows if r["masked"] == masked and r["extras"][variant][metric] is not None]
     if not values:
@@ -104,6 +122,8 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
 def main() -> None:
     parser = bc.base_parser(__doc__.split("\n")[0], "appearance", default_iterations=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate the runs an earlier invocation trained in --output again (matching redone with this code)")
     args = parser.parse_args()
     if args.iterations is None:
         args.iterations = bc.QUICK_ITERATIONS if args.quick else 1000
@@ -117,7 +137,8 @@ def main() -> None:
         }
         for seed in args.seeds for masked in (False, True)
     }
-    rows = bc.run_rows("examples.bench_appearance:run_row", kwargs, args.output)
+    function = "reevaluate_row" if args.reuse else "run_row"
+    rows = bc.run_rows(f"examples.bench_appearance:{function}", kwargs, args.output)
     for row, request in zip(rows, kwargs.values()):
         row["masked"], row["seed"] = request["masked"], request["seed"]
     text = "\n".join([

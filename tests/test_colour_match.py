@@ -39,3 +39,14 @@ def test_agreeing_cells_keep_the_identity_and_few_flat_colours_stay_near_it():
     assert (report.transforms[1] - IDENTITY).abs().max() < 1e-4
     grey = torch.full((5, 3), 0.5)  # five grey rays say nothing about a colour matrix
     assert (fit_affine(grey, grey * 1.1) - IDENTITY).abs()[:, :3].max() < 0.15
+
+
+def test_a_disagreement_no_colour_transform_explains_is_left_alone():
+    """Two cells whose renders differ by noise only (0.03 RMS, independent per ray): the fit takes under 5 %
+    of the residual away, below min_reduction 0.15, so the cell keeps the identity; a tint is still matched."""
+    truth = _colours(800, 4)
+    noisy = (truth + 0.03 * torch.randn(800, 3, generator=torch.Generator().manual_seed(5))).clamp(0, 1)
+    report = match_cells({(0, 1): (truth, noisy), (0, 2): (truth, truth * 0.8)}, root=0, num_cells=3, min_reduction=0.15)
+    assert report.kept == {1: False, 2: True}
+    assert torch.equal(report.transforms[1], IDENTITY) and report.residual_after[1] > 0.95 * report.residual_before[1]
+    assert "cell 1 -> cell 0: 800 shared rays, kept as it is" in "\n".join(report.lines())

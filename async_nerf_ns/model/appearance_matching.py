@@ -47,11 +47,11 @@ def _render_alone(model, cell: int, bundle: RayBundle, chunk: int) -> Tensor:
 
 def fit_colour_transforms(
     model, shard_set: Path, rays_for: Callable[[np.ndarray], RayBundle], rays_per_pair: int, seed: int = 0,
-    chunk: int = 4096,
+    chunk: int = 4096, min_reduction: float = 0.0,
 ) -> MatchReport:
     """Fits and sets every cell's colour transform (model in eval mode, restored after); ``rays_for(records)``
     turns RGB shard records into a RayBundle on the model's device. The root is the cell with the most
-    training RGB rays."""
+    training RGB rays; a cell's transform is kept where it takes at least ``min_reduction`` of the residual away."""
     was_training = model.training
     model.eval()
     try:
@@ -63,7 +63,7 @@ def fit_colour_transforms(
             bundle = rays_for(records)
             renders[(i, j)] = (_render_alone(model, i, bundle, chunk).cpu(), _render_alone(model, j, bundle, chunk).cpu())
         pixels = torch.stack([cell.training_pixels[0] for cell in model.cells]).cpu()
-        report = match_cells(renders, root=int(pixels.argmax()), num_cells=model.num_cells)
+        report = match_cells(renders, root=int(pixels.argmax()), num_cells=model.num_cells, min_reduction=min_reduction)
         for cell, transform in zip(model.cells, report.transforms):
             cell.colour_transform.copy_(transform)
         return report

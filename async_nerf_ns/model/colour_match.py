@@ -64,17 +64,21 @@ class MatchReport:
     matched_to: Dict[int, int]
     residual_before: Dict[int, float]
     residual_after: Dict[int, float]
+    """With the fitted transform (kept or not)."""
     shared_rays: Dict[int, int]
+    kept: Dict[int, bool]
+    """Whether the cell's fitted transform was kept (else the identity: it explained too little)."""
 
     def lines(self) -> List[str]:
         out = [f"appearance matching: root cell {self.root}"]
         for cell in sorted(self.matched_to):
             gain = torch.diagonal(self.transforms[cell][:, :3]).tolist()
-            out.append(
-                f"  cell {cell} -> cell {self.matched_to[cell]}: {self.shared_rays[cell]} shared rays, RGB gain "
-                f"{gain[0]:.3f} {gain[1]:.3f} {gain[2]:.3f}, residual {self.residual_before[cell]:.4f} -> "
-                f"{self.residual_after[cell]:.4f}"
-            )
+            before, after = self.residual_before[cell], self.residual_after[cell]
+            head = f"  cell {cell} -> cell {self.matched_to[cell]}: {self.shared_rays[cell]} shared rays, "
+            if self.kept[cell]:
+                out.append(f"{head}RGB gain {gain[0]:.3f} {gain[1]:.3f} {gain[2]:.3f}, residual {before:.4f} -> {after:.4f}")
+            else:
+                out.append(f"{head}kept as it is (a transform takes the residual only from {before:.4f} to {after:.4f})")
         return out
 
 
@@ -83,15 +87,18 @@ def _rms(a: Tensor, b: Tensor) -> float:
 
 
 def match_cells(
-    renders: Dict[Tuple[int, int], Tuple[Tensor, Tensor]], root: int, num_cells: int, ridge: float = 1e-3
+    renders: Dict[Tuple[int, int], Tuple[Tensor, Tensor]], root: int, num_cells: int, ridge: float = 1e-3,
+    min_reduction: float = 0.0,
 ) -> MatchReport:
     """Transforms (K, 3, 4) from colours rendered on shared rays: ``renders[(i, j)] = (rgb by cell i, rgb by
     cell j)`` for the same rays (N, 3). The root keeps the identity; a tree grown from it (Prim's, the edge
-    with the most rays first) matches each new cell j to its tree neighbour i: T_j = fit(rgb_j -> T_i(rgb_i)).
+    with the most rays first) matches each new cell j to its tree neighbour i: T_j = fit(rgb_j -> T_i(rgb_i)),
+    kept only where it takes at least ``min_reduction`` of the colour residual away (a disagreement a colour
+    transform cannot explain, two cells' rendering noise, is left alone: fitting it only moves colours).
     Cells no edge reaches keep the identity."""
     transforms = IDENTITY.repeat(num_cells, 1, 1)
     edges = {**renders, **{(j, i): (b, a) for (i, j), (a, b) in renders.items()}}
-    placed, report = {root}, MatchReport(root, transforms, {}, {}, {}, {})
+    placed, report = {root}, MatchReport(root, transforms, {}, {}, {}, {}, {})
     while True:
         frontier = [(len(edges[e][0]), e) for e in edges if e[0] in placed and e[1] not in placed and len(edges[e][0])]
         if not frontier:
@@ -105,3 +112,6 @@ def match_cells(
         report.shared_rays[j] = len(rgb_j)
         report.residual_before[j] = _rms(rgb_j, target)
         report.residual_after[j] = _rms(apply_transform(transforms[j], rgb_j), target)
+        report.kept[j] = report.residual_after[j] <= (1.0 - min_reduction) * report.residual_before[j]
+        if not report.kept[j]:
+            transforms[j] = IDENTITY
