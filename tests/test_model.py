@@ -117,10 +117,12 @@ def test_blended_merged_field_mixes_the_two_nearest_cells_in_the_band(model: Asy
         first, second, weight = border_blend(flat.frustums.get_positions(), CENTROIDS, 1.15)
         band = weight > 0
         assert 50 < int(band.sum()) < len(flat) // 2  # the random rays cross borders
+        every_cell = [cell.field.forward(flat) for cell in model.cells]  # each cell on every sample
+        rows = torch.arange(len(flat))
         for name in (FieldHeadNames.DENSITY, FieldHeadNames.RGB):
             assert torch.equal(blended[name][~band], hard[name][~band])  # outside the band: the nearest cell
-            mine = torch.stack([model.cells[int(a)].field.forward(flat[i : i + 1])[name][0] for i, a in enumerate(first.tolist())])
-            theirs = torch.stack([model.cells[int(b)].field.forward(flat[i : i + 1])[name][0] for i, b in enumerate(second.tolist())])
+            by_cell = torch.stack([outputs[name] for outputs in every_cell])  # (cells, samples, channels)
+            mine, theirs = by_cell[first, rows], by_cell[second, rows]
             w = weight[:, None]
             expected = (1 - w) * mine + w * theirs
             assert torch.allclose(blended[name][band], expected[band], atol=1e-5), name
