@@ -48,11 +48,10 @@ def _unmasked_copy(scene: Path) -> Path:
     return copy
 
 
-def evaluate_variants(trainer) -> Dict[str, Any]:
+def evaluate_variants(pipeline) -> Dict[str, Any]:
     """ns-eval's metrics for matching off/on x hard/blended borders (the run's own transforms for 'on')."""
     import torch
 
-    pipeline = trainer.pipeline
     model = pipeline.model
     fitted = [cell.colour_transform.clone() for cell in model.cells]
     router = model.router
@@ -77,7 +76,8 @@ def run_row(scene: str, masked: bool, seed: int, iterations: int, output: str, t
     config.pipeline.datamanager.sampling_seed = seed
     data = Path(scene) if masked else _unmasked_copy(Path(scene))
     name = f"{'masked' if masked else 'unmasked'}-seed{seed}"
-    result = bc.train_in_process(config, data, iterations, Path(output), name=name, after_train=evaluate_variants)
+    result = bc.train_in_process(config, data, iterations, Path(output), name=name,
+                                 after_train=lambda trainer: evaluate_variants(trainer.pipeline))
     return result  # type: ignore[return-value]
 
 
@@ -91,8 +91,7 @@ def reevaluate_row(scene: str, masked: bool, seed: int, iterations: int, output:
     config_path = Path(output) / name / "async-nerf-small" / "run" / "config.yml"
     _, pipeline, _, step = eval_setup(config_path, test_mode="test")
     report = pipeline.match_appearance()
-    trainer = type("Loaded", (), {"pipeline": pipeline})()
-    extras = evaluate_variants(trainer)
+    extras = evaluate_variants(pipeline)
     extras["matching"] = [] if report is None else report.lines()
     return {"name": name, "iterations": step + 1, "extras": extras, "reused": str(config_path),
             "psnr": extras["match=True,blend=False"]["psnr"], "s_per_iter": math.nan, "setup_s": math.nan}

@@ -37,8 +37,8 @@ def test_agreeing_cells_keep_the_identity_and_few_flat_colours_stay_near_it():
     same = _colours(400, 3)
     report = match_cells({(0, 1): (same, same)}, root=0, num_cells=2)
     assert (report.transforms[1] - IDENTITY).abs().max() < 1e-4
-    grey = torch.full((5, 3), 0.5)  # five grey rays say nothing about a colour matrix
-    assert (fit_affine(grey, grey * 1.1) - IDENTITY).abs()[:, :3].max() < 0.15
+    grey = torch.full((5, 3), 0.5)  # five grey rays say nothing about a colour matrix: measured 0.014 off
+    assert (fit_affine(grey, grey * 1.1) - IDENTITY).abs()[:, :3].max() < 0.05
 
 
 def test_a_disagreement_no_colour_transform_explains_is_left_alone():

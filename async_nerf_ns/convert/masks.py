@@ -14,12 +14,11 @@ from pathlib import Path
 from functools import partial
 from typing import Dict, Optional, Sequence, Tuple
 
-from PIL import Image
-
 from async_nerf_ns.convert.errors import RawDataError
 from async_nerf_ns.convert.frame_poses import ConvertWarning
 from async_nerf_ns.convert.writer import OutStream
-from async_nerf_ns.layout.types import MASK_EXTENSIONS, MASK_MODES
+from async_nerf_ns.layout import LayoutError
+from async_nerf_ns.layout.frame_files import mask_problem
 
 
 def attach_masks(rgb: OutStream, folder: Optional[Path]) -> OutStream:
@@ -52,17 +51,12 @@ def read_mask_folder(folder: Optional[Path], stems: Sequence[str], size: Tuple[i
 
 
 def _check_mask(path: Path, size: Tuple[int, int]) -> None:
-    if path.suffix.lower() not in MASK_EXTENSIONS:
-        raise RawDataError(path, f"a mask must be a {'/'.join(MASK_EXTENSIONS)} file (lossless; 0 = ignore the pixel)")
     try:
-        with Image.open(path) as mask:
-            found, mode = mask.size, mask.mode
-    except (OSError, ValueError) as error:
-        raise RawDataError(path, f"cannot be read as an image ({error})") from error
-    if mode not in MASK_MODES:
-        raise RawDataError(path, f"mask has mode {mode}; expected one channel ({' or '.join(MASK_MODES)})")
-    if found != tuple(size):
-        raise RawDataError(path, f"mask is {found[0]}x{found[1]}, the RGB frames are {size[0]}x{size[1]}")
+        problem = mask_problem(path, size, "the RGB frames are")
+    except LayoutError as error:  # unreadable: the layout's message, as the converter's error
+        raise RawDataError(path, error.problem) from error
+    if problem:
+        raise RawDataError(path, problem)
 
 
 def copy_mask(source: Path, target_stem: Path) -> Path:

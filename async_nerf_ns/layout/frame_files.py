@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from async_nerf_ns.layout.types import DepthFrame, LayoutError, RgbFrame
+from async_nerf_ns.layout.types import MASK_EXTENSIONS, MASK_MODES, DepthFrame, LayoutError, RgbFrame
 from async_nerf_ns.layout.values import short_load_error
 
 MILLIMETRES = 0.001
@@ -92,6 +92,21 @@ def load_rgb(frame: RgbFrame) -> np.ndarray:
             return np.asarray(image, dtype=np.uint8).copy()
     except (OSError, ValueError) as error:
         raise LayoutError(frame.image_path, f"cannot be decoded ({error})") from error
+
+
+def mask_problem(path: Path, size: Tuple[int, int], image_is: str) -> Optional[str]:
+    """What is wrong with the mask file ``path`` for an image of ``size`` (W, H), the image named in the message
+    by ``image_is`` ("its image a.png is"); None when it is a PNG with one channel of that size (the reader
+    and the converter both ask)."""
+    if path.suffix.lower() not in MASK_EXTENSIONS:
+        return f"masks must be {'/'.join(MASK_EXTENSIONS)} files (lossless, 0 = ignore the pixel)"
+    with open_image(path) as mask:
+        found, mode = mask.size, mask.mode
+    if mode not in MASK_MODES:
+        return f"mask has mode {mode}; expected one channel ({' or '.join(MASK_MODES)}: 0 = ignore the pixel)"
+    if tuple(found) != tuple(size):
+        return f"mask is {found[0]}x{found[1]}, {image_is} {size[0]}x{size[1]}"
+    return None
 
 
 def load_mask(frame: RgbFrame) -> np.ndarray:

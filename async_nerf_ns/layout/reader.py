@@ -15,13 +15,12 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from async_nerf_ns.layout.frame_files import depth_header, open_image
+from async_nerf_ns.layout.frame_files import depth_header, mask_problem, open_image
 from async_nerf_ns.layout.types import (
     DEPTH_DIR_PREFIXES,
     DEPTH_EXTENSIONS,
     MASK_DIR,
     MASK_EXTENSIONS,
-    MASK_MODES,
     RGB_EXTENSIONS,
     RGB_METADATA_DIRS,
     RGB_POSE_GT_TRACK,
@@ -141,21 +140,16 @@ def _attach_masks(split_dir: Path, frames: List[RgbFrame], rgb_dir: Path) -> Non
         return
     masks = _index_folder(folder, MASK_EXTENSIONS)
     _check_pairs(masks, {frame.stem: frame.image_path for frame in frames}, rgb_dir, "RGB image")
-    others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.stem not in masks)
-    if others:
-        raise LayoutError(folder / others[0], f"masks must be {'/'.join(MASK_EXTENSIONS)} files (lossless, 0 = ignore)")
+    others = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.stem not in masks)
+    if others:  # another file type (a JPEG mask): mask_problem says which types are masks
+        raise LayoutError(others[0], mask_problem(others[0], (0, 0), ""))
     for frame in frames:
         path = masks.get(frame.stem)
         if path is None:
             continue
-        with open_image(path) as mask:
-            size, mode = mask.size, mask.mode
-        if mode not in MASK_MODES:
-            raise LayoutError(path, f"mask has mode {mode}; expected one channel ({' or '.join(MASK_MODES)}: 0 = ignore the pixel)")
-        if size != frame.file_size:
-            raise LayoutError(
-                path, f"mask is {size[0]}x{size[1]}, its image {frame.image_path.name} is {frame.file_size[0]}x{frame.file_size[1]}"
-            )
+        problem = mask_problem(path, frame.file_size, f"its image {frame.image_path.name} is")
+        if problem:
+            raise LayoutError(path, problem)
         frame.mask_path = path
 
 
