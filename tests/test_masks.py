@@ -158,20 +158,3 @@ def test_the_left_half_protocol_crops_the_mask_with_the_image():
     keep = torch.from_numpy(_left_half_masked())[..., None]
     _, batch = right_half(camera, {"image": torch.zeros(6, 8, 3), "mask": keep})
     assert batch["mask"].shape == batch["image"].shape[:2] + (1,) and bool(batch["mask"].all())
-
-
-def test_the_rays_two_cells_share_are_their_common_records(tmp_path: Path):
-    """On the 2x1 grid of the tiny layout, 156 px per cell; the records both cells hold are the margin's."""
-    from async_nerf_ns.shards.shared import shared_records
-
-    root = write_tiny_layout(tmp_path / "data").root
-    args = ["async-nerf-small", "--data", str(root), "--pipeline.datamanager.partition.grid-dim", "2", "1",
-            "--pipeline.datamanager.shards.shard-dir", str(tmp_path / "shards"), "--pipeline.datamanager.depth-poses", "prior"]
-    shard_set = Path(partition(tyro.cli(AnnotatedBaseConfigUnion, args=args))["rgb_shards"])
-    keys = [set(zip(*(_cell_records(shard_set, c)[f].tolist() for f in ("image", "pixel")))) for c in (0, 1)]
-    common = keys[0] & keys[1]
-    assert 0 < len(common) < 156
-    shared = shared_records(shard_set, 0, 1, max_records=1000)
-    assert set(zip(shared["image"].tolist(), shared["pixel"].tolist())) == common
-    few = shared_records(shard_set, 1, 0, max_records=5)  # from a sample of 40 of cell 1's records
-    assert 0 < len(few) <= 5 and set(zip(few["image"].tolist(), few["pixel"].tolist())) <= common

@@ -16,6 +16,7 @@ from async_nerf_ns.partition.masks import compute_cluster_masks
 from async_nerf_ns.scripts.partition import partition
 from async_nerf_ns.shards.format import IMAGE_COUNTS, RECORDS, chunk_path, read_manifest
 from async_nerf_ns.shards.reader import CellRays
+from async_nerf_ns.shards.shared import shared_records
 from async_nerf_ns.shards.writer import ShardLayout, write_shard_set
 from layout_factory import write_tiny_layout
 
@@ -150,3 +151,17 @@ def test_every_chunk_gets_an_even_random_share_of_every_image(tmp_path):
         other = [np.fromfile(chunk_path(sets[1], cell, c), dtype=RECORDS["rgb"]) for c in range(4)]
         assert not all(np.array_equal(np.sort(a["pixel"]), np.sort(b["pixel"])) for a, b in zip(chunks, other))
         assert np.array_equal(np.sort(np.concatenate(chunks).view("V11")), np.sort(np.concatenate(other).view("V11")))
+
+
+def test_the_rays_two_cells_share_are_their_common_records(tmp_path: Path):
+    """On the 2x1 grid of the tiny layout, 156 px per cell; the records both cells hold are the margin's."""
+    layout = write_tiny_layout(tmp_path / "data")
+    config = _config(layout.root, tmp_path / "shards", "--pipeline.datamanager.depth-poses", "prior")
+    shard_set = Path(partition(config)["rgb_shards"])
+    keys = [set(zip(*(_records_by_cell(shard_set, c)[f].tolist() for f in ("image", "pixel")))) for c in (0, 1)]
+    common = keys[0] & keys[1]
+    assert 0 < len(common) < 156
+    shared = shared_records(shard_set, 0, 1, max_records=1000)
+    assert set(zip(shared["image"].tolist(), shared["pixel"].tolist())) == common
+    few = shared_records(shard_set, 1, 0, max_records=5)  # from a sample of 40 of cell 1's records
+    assert 0 < len(few) <= 5 and set(zip(few["image"].tolist(), few["pixel"].tolist())) <= common
