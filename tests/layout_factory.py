@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -187,3 +187,46 @@ def rewrite_metadata(path: Path, drop: Sequence[str] = (), **changes) -> None:
 
 def first_file(folder: Path, pattern: str = "*") -> Path:
     return sorted(p for p in Path(folder).glob(pattern) if p.is_file())[0]
+
+
+LIDAR_TO_CAMERA = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.05], [0.0, -1.0, 0.0, -0.1], [0.0, 0.0, 0.0, 1.0]])
+"""The tiny layout's LiDAR mount: 5 cm above, 10 cm in front of the camera, the LiDAR's z axis along the camera's y."""
+
+
+def write_lidar_track(
+    root: Path,
+    split: str = "train",
+    track: str = "top",
+    times: Sequence[float] = (10.2, 10.7, 11.2),
+    points_per_scan: int = 20,
+    sweep_s: float = 0.1,
+    extrinsic: str = "file",
+    with_pose_gt: bool = True,
+) -> List[Path]:
+    """A LiDAR track in a tiny layout: per scan, points on a 2 m sphere around the sensor with times
+    spread over the sweep (t in [-sweep_s, 0]); the last row is a beam without a return (zeros).
+    extrinsic: "file" (lidar_to_camera_TRACK.txt) or "metadata" (in each scan's metadata)."""
+    split_dir = Path(root) / split
+    rng = np.random.default_rng(0)
+    paths = []
+    if extrinsic == "file":
+        np.savetxt(split_dir / f"lidar_to_camera_{track}.txt", LIDAR_TO_CAMERA)
+    for j, t in enumerate(times):
+        stem = f"scan_{j:04d}"
+        directions = rng.normal(size=(points_per_scan, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        points = np.zeros((points_per_scan + 1, 4), dtype=np.float32)
+        points[:-1, :3] = 2.0 * directions
+        points[:-1, 3] = np.linspace(-sweep_s, 0.0, points_per_scan)
+        path = split_dir / f"lidar_{track}" / f"{stem}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, points)
+        fields = dict(timestamp=float(t))
+        if extrinsic == "metadata":
+            fields["lidar_to_camera"] = torch.from_numpy(LIDAR_TO_CAMERA)
+        write_metadata(split_dir / f"metadata_lidar_{track}" / f"{stem}.pt", **fields)
+        if with_pose_gt:
+            (split_dir / f"pose_gt_lidar_{track}").mkdir(exist_ok=True)
+            np.savetxt(split_dir / f"pose_gt_lidar_{track}" / f"{stem}.txt", rgb_pose(t))
+        paths.append(path)
+    return paths

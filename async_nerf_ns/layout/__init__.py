@@ -2,13 +2,20 @@
 
 - `types`: the vocabulary (LayoutError, folder and file names, frame records);
 - `values`: checks of the numbers in metadata files, pose text files;
-- `frame_files`: decoding one RGB image, mask or depth map;
+- `frame_files`: decoding one RGB image, mask, depth map or LiDAR scan;
 - `reader.read_layout`: walks a dataset and checks it without decoding images;
 - `frames`: the DRB -> nerfstudio world rotation;
 - `pose_files`: writing pose text files, and upstream Async-NeRF's timed pose folders.
 """
 
-from async_nerf_ns.layout.frame_files import MILLIMETRES, depth_header, load_depth_metres, load_mask, load_rgb
+from async_nerf_ns.layout.frame_files import (
+    MILLIMETRES,
+    depth_header,
+    load_depth_metres,
+    load_lidar_points,
+    load_mask,
+    load_rgb,
+)
 from async_nerf_ns.layout.reader import LAYOUT_DOC, read_layout
 from async_nerf_ns.layout.types import (
     DEPTH_DIR_PREFIXES,
@@ -22,6 +29,7 @@ from async_nerf_ns.layout.types import (
     DepthFrame,
     LayoutError,
     LayoutWarning,
+    LidarScan,
     RgbFrame,
     SplitLayout,
 )
@@ -43,10 +51,12 @@ __all__ = [
     "DepthFrame",
     "LayoutError",
     "LayoutWarning",
+    "LidarScan",
     "RgbFrame",
     "SplitLayout",
     "depth_header",
     "load_depth_metres",
+    "load_lidar_points",
     "load_mask",
     "load_rgb",
     "read_layout",

@@ -1,6 +1,6 @@
 """The layout's image and depth files: headers without decoding, and decoding one frame on demand.
 
-`depth_header` and `open_image` read only what `read_layout` needs to check a frame (size, mode,
+`depth_header`, `lidar_rows` and `open_image` read only what `read_layout` needs to check a frame (size, mode,
 default units); `load_rgb` and `load_depth_metres` decode a whole frame when training asks for it.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from async_nerf_ns.layout.types import MASK_EXTENSIONS, MASK_MODES, DepthFrame, LayoutError, RgbFrame
+from async_nerf_ns.layout.types import MASK_EXTENSIONS, MASK_MODES, DepthFrame, LayoutError, LidarScan, RgbFrame
 from async_nerf_ns.layout.values import short_load_error
 
 MILLIMETRES = 0.001
@@ -160,3 +160,38 @@ def load_ray_distance_metres(frame: DepthFrame) -> torch.Tensor:
     if not frame.depth_is_ray:
         metres = metres * planar_to_ray_factor(frame.intrinsics, frame.width, frame.height)
     return metres
+
+
+def lidar_rows(path: Path) -> int:
+    """Rows of a LiDAR scan file from its .npy header (no decoding); a file that is not an (N, 4) float
+    array is a LayoutError naming it."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            shape, _, dtype = np.lib.format._read_array_header(handle, version)  # header only
+    except (OSError, ValueError) as error:
+        raise LayoutError(path, f"cannot be read as a .npy array ({error})") from error
+    _check_lidar_array(path, shape, dtype)
+    return int(shape[0])
+
+
+def _check_lidar_array(path: Path, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+    if len(shape) != 2 or shape[1] != 4:
+        raise LayoutError(path, f"a LiDAR scan is an (N, 4) array of x, y, z (metres) and t (seconds), found shape {tuple(shape)}")
+    if dtype not in (np.float32, np.float64):
+        raise LayoutError(path, f"a LiDAR scan is float32 or float64, found {dtype}")
+
+
+def load_lidar_points(scan: LidarScan) -> np.ndarray:
+    """The scan's returns as float64 (M, 4): x, y, z in the LiDAR frame (metres) and t (seconds after the
+    scan's stamp). Rows without a return (x, y, z all 0, or a non-finite number) and returns outside the
+    scan's [min_range, max_range] are dropped; row order is kept."""
+    try:
+        points = np.load(scan.points_path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise LayoutError(scan.points_path, f"cannot be read as a .npy array ({error})") from error
+    _check_lidar_array(scan.points_path, points.shape, points.dtype)
+    points = points.astype(np.float64, copy=False)
+    distance = np.linalg.norm(points[:, :3], axis=1)
+    keep = np.isfinite(points).all(axis=1) & (distance > 0) & (distance >= scan.min_range) & (distance <= scan.max_range)
+    return points[keep]

@@ -15,10 +15,14 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from async_nerf_ns.layout.frame_files import depth_header, mask_problem, open_image
+import numpy as np
+
+from async_nerf_ns.layout.frame_files import depth_header, lidar_rows, mask_problem, open_image
 from async_nerf_ns.layout.types import (
     DEPTH_DIR_PREFIXES,
     DEPTH_EXTENSIONS,
+    LIDAR_DIR_PREFIX,
+    LIDAR_EXTENSIONS,
     MASK_DIR,
     MASK_EXTENSIONS,
     RGB_EXTENSIONS,
@@ -28,10 +32,12 @@ from async_nerf_ns.layout.types import (
     DepthFrame,
     LayoutError,
     LayoutWarning,
+    LidarScan,
     RgbFrame,
     SplitLayout,
 )
 from async_nerf_ns.layout.values import (
+    as_numbers,
     load_metadata,
     read_coordinates,
     read_intrinsics,
@@ -107,8 +113,18 @@ def _read_split(split_dir: Path, name: str) -> SplitLayout:
         rgb.sort(key=lambda frame: frame.timestamp)
         _check_unique_times([frame.timestamp for frame in rgb], [frame.metadata_path for frame in rgb])
 
-    depth = {track: _read_depth_track(split_dir, track, folder) for track, folder in _depth_folders(split_dir).items()}
-    return SplitLayout(name=name, rgb=rgb, depth=depth)
+    lidar_folders = _lidar_folders(split_dir)
+    depth_folders = _depth_folders(split_dir, lidar_folders)
+    shared = sorted(set(lidar_folders) & set(depth_folders))
+    if shared:
+        raise LayoutError(
+            lidar_folders[shared[0]],
+            f"a LiDAR track and a depth track are both called '{shared[0]}' ({depth_folders[shared[0]].name}/): each "
+            "track has its own clock offset, so their names must differ",
+        )
+    depth = {track: _read_depth_track(split_dir, track, folder) for track, folder in depth_folders.items()}
+    lidar = {track: _read_lidar_track(split_dir, track, folder) for track, folder in lidar_folders.items()}
+    return SplitLayout(name=name, rgb=rgb, depth=depth, lidar=lidar)
 
 
 def _read_rgb_frame(stem: str, image_path: Path, metadata_path: Path, pose_gt_path: Optional[Path]) -> RgbFrame:
@@ -210,6 +226,84 @@ def _read_depth_frame(
     )
 
 
+def _read_lidar_track(split_dir: Path, track: str, lidar_dir: Path) -> List[LidarScan]:
+    metadata_dir = split_dir / f"metadata_lidar_{track}"
+    if not metadata_dir.is_dir():
+        raise LayoutError(metadata_dir, f"missing: LiDAR track '{track}' ({lidar_dir.name}/) needs its metadata folder")
+    scan_files = _index_folder(lidar_dir, LIDAR_EXTENSIONS)
+    metadata = _index_folder(metadata_dir, (".pt",))
+    _check_pairs(metadata, scan_files, lidar_dir, "LiDAR scan (.npy)")
+    _check_pairs(scan_files, metadata, metadata_dir, "metadata file")
+    extrinsic_path = split_dir / f"lidar_to_camera_{track}.txt"
+    extrinsic = _read_extrinsic(read_pose_txt(extrinsic_path), extrinsic_path) if extrinsic_path.is_file() else None
+    pose_gt = _pose_gt_files(split_dir, f"lidar_{track}", scan_files, lidar_dir)
+    scans = [
+        _read_lidar_scan(track, stem, scan_files[stem], metadata[stem], extrinsic, extrinsic_path, pose_gt.get(stem))
+        for stem in sorted(scan_files)
+    ]
+    scans.sort(key=lambda scan: scan.timestamp)
+    _check_unique_times([scan.timestamp for scan in scans], [scan.metadata_path for scan in scans])
+    return scans
+
+
+def _read_extrinsic(pose: np.ndarray, path: Path) -> np.ndarray:
+    """(4, 4) float64 from a checked 3x4 rigid pose."""
+    extrinsic = np.eye(4)
+    extrinsic[:3] = pose
+    return extrinsic
+
+
+def _read_lidar_scan(
+    track: str, stem: str, points_path: Path, metadata_path: Path, track_extrinsic: Optional[np.ndarray],
+    extrinsic_path: Path, pose_gt_path: Optional[Path],
+) -> LidarScan:
+    meta = load_metadata(metadata_path)
+    timestamp = read_timestamp(meta, stem, metadata_path)
+    if timestamp is None:
+        raise LayoutError(
+            metadata_path,
+            "LiDAR scan without a timestamp: set 'timestamp' (seconds) in the metadata or name the file by its time",
+        )
+    extrinsic = track_extrinsic
+    if meta.get("lidar_to_camera") is not None:
+        extrinsic = _read_extrinsic(read_pose(meta["lidar_to_camera"], metadata_path, "lidar_to_camera"), metadata_path)
+        if track_extrinsic is not None and not np.allclose(extrinsic, track_extrinsic, rtol=0.0, atol=1e-6):
+            raise LayoutError(
+                metadata_path,
+                f"'lidar_to_camera' differs from {extrinsic_path.name}; give the extrinsic in one place (or the same in both)",
+            )
+    if extrinsic is None:
+        raise LayoutError(
+            metadata_path,
+            f"no 'lidar_to_camera' for this scan: put the LiDAR's 4x4 pose in the camera frame in its metadata or in "
+            f"{extrinsic_path}",
+        )
+    limits = []
+    for key, default in (("min_range", 0.0), ("max_range", float("inf"))):
+        value = meta.get(key)
+        if value is None:
+            limits.append(default)
+        elif key == "min_range" and float(as_numbers(value, metadata_path, key).reshape(-1)[0]) == 0.0:
+            limits.append(0.0)
+        else:
+            limits.append(read_positive_number(value, metadata_path, key))
+    if limits[0] >= limits[1]:
+        raise LayoutError(metadata_path, f"min_range {limits[0]} is not below max_range {limits[1]}")
+    return LidarScan(
+        track=track,
+        stem=stem,
+        points_path=points_path,
+        metadata_path=metadata_path,
+        timestamp=timestamp,
+        num_rows=lidar_rows(points_path),
+        lidar_to_camera=extrinsic,
+        min_range=limits[0],
+        max_range=limits[1],
+        pose_gt=None if pose_gt_path is None else read_pose_txt(pose_gt_path),
+        pose_gt_path=pose_gt_path,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Folders and pairing
 
@@ -243,8 +337,33 @@ def _check_pairs(have: Dict[str, Path], need: Dict[str, Path], need_dir: Path, w
         raise LayoutError(have[missing[0]], f"no {what} with stem '{missing[0]}' in {need_dir}{hint}{more}")
 
 
-def _depth_folders(split_dir: Path) -> Dict[str, Path]:
-    """track -> depth folder; checks that metadata_depth_* and pose_gt_* folders belong to a track."""
+def _lidar_folders(split_dir: Path) -> Dict[str, Path]:
+    """LiDAR track -> its lidar_TRACK/ folder; checks that metadata_lidar_* folders and
+    lidar_to_camera_*.txt files belong to a track."""
+    folders: Dict[str, Path] = {}
+    for path in sorted(split_dir.glob(f"{LIDAR_DIR_PREFIX}*")):
+        if not path.is_dir():
+            continue
+        track = path.name[len(LIDAR_DIR_PREFIX) :]
+        if not track:
+            raise LayoutError(path, "a LiDAR folder needs a track name, e.g. lidar_top/")
+        if track == RGB_POSE_GT_TRACK:
+            raise LayoutError(path, f"track name '{track}' is reserved (pose_gt_rgb/ holds RGB poses)")
+        folders[track] = path
+    for path in sorted(split_dir.glob("metadata_lidar_*")):
+        track = path.name[len("metadata_lidar_") :]
+        if path.is_dir() and track not in folders:
+            raise LayoutError(path, f"no LiDAR folder lidar_{track}/ for this metadata")
+    for path in sorted(split_dir.glob("lidar_to_camera_*.txt")):
+        track = path.stem[len("lidar_to_camera_") :]
+        if track not in folders:
+            raise LayoutError(path, f"no LiDAR folder lidar_{track}/ for this extrinsic")
+    return folders
+
+
+def _depth_folders(split_dir: Path, lidar_folders: Optional[Dict[str, Path]] = None) -> Dict[str, Path]:
+    """track -> depth folder; checks that metadata_depth_* and pose_gt_* folders belong to a track
+    (``pose_gt_lidar_X/`` belongs to the LiDAR track X when there is one)."""
     folders: Dict[str, Path] = {}
     for path in sorted(split_dir.iterdir()):
         if not path.is_dir():
@@ -266,8 +385,9 @@ def _depth_folders(split_dir: Path) -> Dict[str, Path]:
             raise LayoutError(path, f"no depth folder depth_{track}/ (or depthvis_{track}/) for this metadata")
     for path in sorted(split_dir.glob("pose_gt_*")):
         track = path.name[len("pose_gt_") :]
-        if path.is_dir() and track != RGB_POSE_GT_TRACK and track not in folders:
-            raise LayoutError(path, f"no depth track '{track}' for these poses (expected depth_{track}/)")
+        lidar_track = track.startswith(LIDAR_DIR_PREFIX) and track[len(LIDAR_DIR_PREFIX) :] in (lidar_folders or {})
+        if path.is_dir() and track != RGB_POSE_GT_TRACK and track not in folders and not lidar_track:
+            raise LayoutError(path, f"no depth track '{track}' for these poses (expected depth_{track}/ or a LiDAR track)")
     return folders
 
 
@@ -293,15 +413,16 @@ def _check_unique_times(times: List[float], paths: List[Path]) -> None:
 
 
 def _check_rgb_times_for_depth(splits: Dict[str, SplitLayout]) -> None:
-    """Depth frames are placed on the RGB trajectory, so with any depth track every RGB frame needs a time."""
-    if not any(frames for split in splits.values() for frames in split.depth.values()):
+    """Depth frames and LiDAR points are placed on the RGB trajectory, so with any depth or LiDAR track every
+    RGB frame needs a time."""
+    if not any(frames for split in splits.values() for frames in [*split.depth.values(), *split.lidar.values()]):
         return
     for split in splits.values():
         for frame in split.rgb:
             if frame.timestamp is None:
                 raise LayoutError(
                     frame.metadata_path,
-                    "RGB frame without a timestamp in a dataset with depth tracks: set 'timestamp' in the metadata "
+                    "RGB frame without a timestamp in a dataset with depth or LiDAR tracks: set 'timestamp' in the metadata "
                     "or name the files by their time",
                 )
 
@@ -319,6 +440,16 @@ def _warn_depth_outside_rgb_span(splits: Dict[str, SplitLayout], root: Path) -> 
                 warnings.warn(
                     f"{folder}: {outside} of {len(frames)} frames of depth track '{track}' lie outside the train "
                     f"RGB time span [{start:.3f}, {end:.3f}] s; their poses are extrapolated",
+                    LayoutWarning,
+                    stacklevel=3,
+                )
+        for track, scans in split.lidar.items():
+            outside = sum(1 for scan in scans if not start <= scan.timestamp <= end)
+            if outside:
+                folder = scans[0].points_path.parent.relative_to(root)
+                warnings.warn(
+                    f"{folder}: {outside} of {len(scans)} scans of LiDAR track '{track}' lie outside the train RGB "
+                    f"time span [{start:.3f}, {end:.3f}] s; their poses are extrapolated",
                     LayoutWarning,
                     stacklevel=3,
                 )

@@ -27,6 +27,10 @@ RGB_METADATA_DIRS = ("metadata", "metadata_rgb")
 """Folder of RGB metadata and its alias."""
 DEPTH_DIR_PREFIXES = ("depth_", "depthvis_")
 """Folder prefixes of a depth track (`depthvis_` is upstream Async-NeRF's name for 8-bit maps)."""
+LIDAR_DIR_PREFIX = "lidar_"
+"""Folder prefix of a LiDAR track (`lidar_TRACK/STEM.npy`, (N, 4) points x, y, z, t)."""
+LIDAR_EXTENSIONS = (".npy",)
+"""LiDAR scan file types."""
 RGB_POSE_GT_TRACK = "rgb"
 """`pose_gt_rgb/` holds true RGB poses, so no depth track may be called `rgb`."""
 
@@ -112,6 +116,29 @@ class DepthFrame:
 
 
 @dataclass
+class LidarScan:
+    """One scan of a LiDAR track: points with their own times (docs/DATA_LAYOUT.md, LiDAR tracks)."""
+
+    track: str
+    stem: str
+    points_path: Path
+    metadata_path: Path
+    timestamp: float
+    """The scan's stamp, seconds, on the LiDAR's clock; each point's time is this plus its ``t``."""
+    num_rows: int
+    """Rows in the file (returns and beams without a return)."""
+    lidar_to_camera: np.ndarray
+    """(4, 4) float64: LiDAR frame -> RGB camera frame (OpenGL axes), metres."""
+    min_range: float = 0.0
+    """Returns closer than this (metres) are ignored."""
+    max_range: float = float("inf")
+    """Returns farther than this (metres) are ignored."""
+    pose_gt: Optional[np.ndarray] = None
+    """True camera pose at ``timestamp`` from `pose_gt_lidar_TRACK/`, normalised DRB, float64 (3, 4)."""
+    pose_gt_path: Optional[Path] = None
+
+
+@dataclass
 class SplitLayout:
     """The frames of one split (train/ or val/)."""
 
@@ -119,6 +146,8 @@ class SplitLayout:
     rgb: List[RgbFrame] = field(default_factory=list)
     depth: Dict[str, List[DepthFrame]] = field(default_factory=dict)
     """Depth frames per track name, sorted by timestamp."""
+    lidar: Dict[str, List[LidarScan]] = field(default_factory=dict)
+    """LiDAR scans per track name, sorted by timestamp."""
 
     @property
     def rgb_timestamps(self) -> Optional[np.ndarray]:
