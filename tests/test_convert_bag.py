@@ -7,27 +7,37 @@ at T0 + 0.05 + 0.3 k (7 frames); a pose topic (PoseStamped of the camera's optic
 at 100 Hz from T0 - 0.05 to T0 + 2.45 s. Every message is received 20 ms after its header stamp, so
 header and receive times differ. The camera flies along ENU (10 + 2t, 5 + sin 2t, 30 + 0.5t) m,
 yawing 20 deg/s; `camera_pose` is the truth every converted pose is checked against.
+
+LiDAR clouds (`Rig.clouds`, sensor_msgs/PointCloud2, with /tf_static base_link -> camera_optical, os_sensor,
+velodyne): "ouster" (/ouster/points, organised 4x8, padded points and rows, uint32 `t` ns after the stamp, a NaN
+and an all-zero point) at T0 + 0.07 + 0.25 k (9 clouds); "velodyne" (/velodyne_points, 1x20, packed 22-byte
+points, float32 `time` s, negative: stamped at the sweep's end) at T0 + 0.11 + 0.3 k (7); "untimed"
+(/mid360/points, 1x10, no time field) at T0 + 0.09 + 0.4 k (5).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from async_nerf_ns.convert import bag_frames
+from async_nerf_ns.convert import bag_frames, bag_lidar
 from async_nerf_ns.convert.bag_convert import convert_bag
+from async_nerf_ns.convert.bag_lidar import decode_cloud
 from async_nerf_ns.convert.bag_messages import stem_of
 from async_nerf_ns.convert.config import BagConfig
+from async_nerf_ns.convert.errors import RawDataError
+from async_nerf_ns.convert.frame_poses import ConvertWarning
 from async_nerf_ns.convert.output_folder import MANIFEST_FILE
-from async_nerf_ns.layout import load_depth_metres, load_rgb, read_layout
+from async_nerf_ns.layout import load_depth_metres, load_lidar_points, load_rgb, read_layout
 from async_nerf_ns.scripts import convert as convert_script
 
 T0_NS = 1_667_117_650_000_000_000
@@ -49,6 +59,15 @@ INTERPOLATION_TOLERANCE = 5e-5
 2.47 m) after linear + SLERP between 100 Hz samples of this motion: measured 1.7e-5; x3 margin."""
 CUBIC_TOLERANCE = 6e-7
 """The same with --interpolation cubic: measured 1.8e-7; x3 margin."""
+OUSTER_T = 0.07 + 0.25 * np.arange(9)
+VELODYNE_T = 0.11 + 0.3 * np.arange(7)
+UNTIMED_T = 0.09 + 0.4 * np.arange(5)
+BASE_FROM_OUSTER = np.array([0.05, 0.0, 0.35, *Rotation.from_euler("z", 30, degrees=True).as_quat()])
+BASE_FROM_VELODYNE = np.array([-0.1, 0.02, 0.3, *Rotation.from_euler("xyz", [2, -3, 180], degrees=True).as_quat()])
+POINT_FIELD_TYPES = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8}
+EXTRINSIC_TOLERANCE = 1e-12
+"""lidar_to_camera from the /tf_static chain against the one from --lidar-to-camera: the same rigid transform
+by two float64 products (measured 1.1e-16)."""
 
 
 def ns(t: float) -> int:
@@ -95,6 +114,12 @@ class Rig:
     """Write /cam/color/camera_info."""
     late: Dict[int, float] = field(default_factory=dict)
     """RGB frame index -> seconds it is received later than the others (out of order in the bag)."""
+    clouds: Tuple[str, ...] = ()
+    """PointCloud2 topics to write: ouster, velodyne, untimed (module docstring)."""
+    cloud_tf: bool = True
+    """With clouds: /tf_static with the LiDARs' and the camera's frames on base_link."""
+    corrupt_cloud: Optional[int] = None
+    """Index of an ouster cloud whose data loses its last byte."""
 
 
 class _Bag:
@@ -136,7 +161,7 @@ class _Bag:
 
     def image(self, stamp: int, pixels: np.ndarray, encoding: str):
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-        return self.msg("sensor_msgs/msg/Image", header=self.header(stamp), height=pixels.shape[0],
+        return self.msg("sensor_msgs/msg/Image", header=self.header(stamp, "camera_optical"), height=pixels.shape[0],
                         width=pixels.shape[1], encoding=encoding, is_bigendian=0,
                         step=pixels.shape[1] * channels * pixels.dtype.itemsize,
                         data=np.frombuffer(pixels.tobytes(), dtype=np.uint8))
@@ -165,8 +190,85 @@ class _Bag:
         return self.msg("geometry_msgs/msg/TransformStamped", header=self.header(stamp, parent), child_frame_id=child,
                         transform=self.msg("geometry_msgs/msg/Transform", translation=translation, rotation=rotation))
 
+    def cloud(self, stamp: int, frame: str, columns: Dict[str, np.ndarray], height: int, width: int, **layout):
+        fields, point_step, row_step, data = cloud_bytes(columns, height, width, **layout)
+        return self.msg("sensor_msgs/msg/PointCloud2", header=self.header(stamp, frame), height=height, width=width,
+                        fields=[self.store.types["sensor_msgs/msg/PointField"](name=n, offset=o, datatype=d, count=1)
+                                for n, o, d in fields],
+                        is_bigendian=bool(layout.get("bigendian", False)), point_step=point_step, row_step=row_step,
+                        data=np.frombuffer(data, dtype=np.uint8), is_dense=False)
+
     def close(self) -> None:
         self.writer.close()
+
+
+def cloud_bytes(columns: Dict[str, np.ndarray], height: int, width: int, point_pad: int = 0, row_pad: int = 0,
+                bigendian: bool = False):
+    """(fields [(name, offset, datatype)], point_step, row_step, data) of a PointCloud2 holding `columns` (one
+    value per point, packed in the given order, then `point_pad` bytes; `row_pad` bytes after each row)."""
+    offsets = np.cumsum([0] + [values.dtype.itemsize for values in columns.values()])
+    point_step = int(offsets[-1]) + point_pad
+    order = ">" if bigendian else "<"
+    dtype = np.dtype({"names": list(columns), "formats": [v.dtype.newbyteorder(order) for v in columns.values()],
+                      "offsets": [int(o) for o in offsets[:-1]], "itemsize": point_step})
+    points = np.zeros(height * width, dtype=dtype)
+    for name, values in columns.items():
+        points[name] = values
+    row_step = width * point_step + row_pad
+    rows = np.zeros((height, row_step), dtype=np.uint8)
+    rows[:, : width * point_step] = points.view(np.uint8).reshape(height, -1)
+    fields = [(name, int(offset), POINT_FIELD_TYPES[f"{values.dtype.kind}{values.dtype.itemsize}"])
+              for (name, values), offset in zip(columns.items(), offsets)]
+    return fields, point_step, row_step, rows.tobytes()
+
+
+def cloud_columns(kind: str, k: int) -> Dict[str, np.ndarray]:
+    """The k-th cloud of a rig LiDAR: random returns (seeded), one NaN point and one without a return."""
+    n = {"ouster": 32, "velodyne": 20, "untimed": 10}[kind]
+    rng = np.random.default_rng([k, n])
+    x, y, z = rng.uniform(-30.0, 30.0, (3, n)).astype(np.float32)
+    x[1] = np.nan
+    x[3] = y[3] = z[3] = 0.0
+    columns = {"x": x, "y": y, "z": z, "intensity": rng.uniform(0, 100, n).astype(np.float32)}
+    if kind == "ouster":
+        columns["t"] = (np.arange(n) % 8 * 12_500_000 + np.arange(n) // 8 * 1_000 + k).astype(np.uint32)
+        columns["ring"] = (np.arange(n) // 8).astype(np.uint16)
+    elif kind == "velodyne":
+        columns["ring"] = (np.arange(n) % 16).astype(np.uint16)
+        columns["time"] = (-0.1 + 0.005 * np.arange(n)).astype(np.float32)
+    return columns
+
+
+def expected_scan(kind: str, k: int) -> np.ndarray:
+    """float32 (N, 4) rows the converter must write for that cloud: returns only, t in seconds after the stamp."""
+    c = cloud_columns(kind, k)
+    xyz = np.stack([c["x"], c["y"], c["z"]], axis=1)
+    t = c["t"] * 1e-9 if "t" in c else c.get("time", np.zeros(len(xyz)))
+    keep = np.isfinite(xyz).all(axis=1) & (xyz != 0).any(axis=1)
+    return np.concatenate([xyz, np.asarray(t, dtype=np.float32)[:, None]], axis=1)[keep]
+
+
+CLOUDS = {  # kind -> topic, frame, times, (height, width), layout
+    "ouster": ("/ouster/points", "os_sensor", OUSTER_T, (4, 8), dict(point_pad=6, row_pad=16)),
+    "velodyne": ("/velodyne_points", "velodyne", VELODYNE_T, (1, 20), {}),
+    "untimed": ("/mid360/points", "livox_frame", UNTIMED_T, (1, 10), {}),
+}
+
+
+def tq(pose: np.ndarray) -> np.ndarray:
+    return np.array([*pose[:3, 3], *Rotation.from_matrix(pose[:3, :3]).as_quat()])
+
+
+def pose_of(values: np.ndarray) -> np.ndarray:
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_quat(values[3:]).as_matrix()
+    pose[:3, 3] = values[:3]
+    return pose
+
+
+def camera_from_lidar(base_from_lidar: np.ndarray) -> np.ndarray:
+    """The LiDAR's pose in the optical (OpenCV) camera frame."""
+    return np.linalg.inv(base_from_camera()) @ pose_of(base_from_lidar)
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -258,6 +360,18 @@ def write_rig_bag(path: Path, rig: Rig = Rig()) -> Path:
                            bag.transform(ns(t), "base_link", "camera_optical", base_from_camera())]
                 add(ns(t) - 1, "/tf_static", "tf2_msgs/msg/TFMessage",
                     bag.msg("tf2_msgs/msg/TFMessage", transforms=statics))
+    for kind in rig.clouds:
+        topic, frame, times, (height, width), layout = CLOUDS[kind]
+        for k, t in enumerate(times):
+            message = bag.cloud(ns(t), frame, cloud_columns(kind, k), height, width, **layout)
+            if rig.corrupt_cloud == k:
+                message.data = message.data[:-1]
+            add(ns(t), topic, "sensor_msgs/msg/PointCloud2", message)
+    if rig.clouds and rig.cloud_tf:
+        statics = [bag.transform(ns(-0.06), "base_link", child, pose_of(pose)) for child, pose in
+                   (("camera_optical", BASE_FROM_CAMERA), ("os_sensor", BASE_FROM_OUSTER),
+                    ("velodyne", BASE_FROM_VELODYNE), ("livox_frame", BASE_FROM_OUSTER))]
+        add(ns(-0.06), "/tf_static", "tf2_msgs/msg/TFMessage", bag.msg("tf2_msgs/msg/TFMessage", transforms=statics))
     for receive, topic, msgtype, message in sorted(messages, key=lambda m: m[0]):
         bag.write(topic, msgtype, receive, message)
     bag.close()
@@ -514,3 +628,220 @@ def test_command_line_sources(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert_script.parse(["--help"])
     assert "folder" in capsys.readouterr().out
+
+
+# --- LiDAR tracks from PointCloud2 topics -----------------------------------------------------
+
+LIDAR_RIG = Rig(clouds=("ouster", "velodyne"))
+LIDAR_ARGS = ["--lidar-topic", "/ouster/points=ouster", "--lidar-topic", "/velodyne_points"]
+"""The Ouster's track named, the Velodyne's derived from its topic (velodyne_points)."""
+TRACKS = {"ouster": "ouster", "velodyne": "velodyne_points"}
+
+
+def bag_command(bag: Path, out: Path, *extra: str) -> List[str]:
+    return ["bag", "--bag", str(bag), "--out", str(out), "--rgb-topic", "/cam/color/image_raw", "--depth-topic", "tof",
+            "/tof/depth/image_raw", "--pose-topic", "/camera_pose", "--pose-convention", "opencv-enu", *extra]
+
+
+def scans(layout, track: str):
+    return sorted((s for split in layout.splits.values() for s in split.lidar.get(track, [])), key=lambda s: s.timestamp)
+
+
+@pytest.fixture(scope="module")
+def lidar(tmp_path_factory):
+    """The rig with two LiDARs in a ROS 2 bag, converted by the command line; extrinsics from /tf_static."""
+    tmp = tmp_path_factory.mktemp("lidar")
+    bag = write_rig_bag(tmp / "rig", LIDAR_RIG)
+    summary = convert_script.main(convert_script.parse(bag_command(bag, tmp / "out", *LIDAR_ARGS)))
+    return tmp, summary, read_layout(tmp / "out")
+
+
+def test_lidar_scans_round_trip(lidar):
+    """Points are float32 in the cloud and in the file: x, y, z equal exactly; t is the float32 nearest the
+    exact time (Ouster: uint32 ns * 1e-9; Velodyne: its float32 seconds), so it is compared exactly too."""
+    tmp, summary, layout = lidar
+    assert summary.counts["train"]["ouster"] == 8 and summary.counts["val"]["ouster"] == 1
+    assert summary.counts["train"]["velodyne_points"] == 6 and summary.counts["val"]["velodyne_points"] == 1
+    for kind, times in (("ouster", OUSTER_T), ("velodyne", VELODYNE_T)):
+        track = scans(layout, TRACKS[kind])
+        assert [s.stem for s in track] == [stem_of(ns(t)) for t in times]
+        assert [s.timestamp for s in track] == [ns(t) * 1e-9 for t in times]  # header stamps, LiDAR clock
+        for k, scan in enumerate(track):
+            assert np.load(scan.points_path).dtype == np.float32
+            np.testing.assert_array_equal(load_lidar_points(scan), expected_scan(kind, k).astype(np.float64))
+    assert (tmp / "out" / "val" / "lidar_to_camera_ouster.txt").is_file()
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith(".")]  # no staging or resumable folder left
+
+
+def test_lidar_extrinsic_from_tf_static_and_from_the_flag_agree(lidar, tmp_path):
+    """The same clouds in a ROS 1 bag, extrinsics from --lidar-to-camera (optical axes, as --pose-convention
+    opencv-enu says): the same scan files, and lidar_to_camera files equal within EXTRINSIC_TOLERANCE."""
+    reference_out, reference = lidar[0] / "out", lidar[2]
+    bag = write_rig_bag(tmp_path / "rig.bag", Rig(ros=1, clouds=("ouster", "velodyne"), cloud_tf=False))
+    flags = ["--lidar-to-camera", "ouster", *map(str, tq(camera_from_lidar(BASE_FROM_OUSTER))),
+             "velodyne_points", *map(str, tq(camera_from_lidar(BASE_FROM_VELODYNE)))]
+    convert_script.main(convert_script.parse(bag_command(bag, tmp_path / "out", *LIDAR_ARGS, *flags)))
+    layout = read_layout(tmp_path / "out")
+    opengl_from_opencv = np.diag([1.0, -1.0, -1.0, 1.0])
+    for kind, base_from_lidar in (("ouster", BASE_FROM_OUSTER), ("velodyne", BASE_FROM_VELODYNE)):
+        track = TRACKS[kind]
+        for split in ("train", "val"):
+            name = f"{split}/lidar_to_camera_{track}.txt"
+            from_flag, from_tf = np.loadtxt(tmp_path / "out" / name), np.loadtxt(reference_out / name)
+            np.testing.assert_allclose(from_flag, from_tf, rtol=0, atol=EXTRINSIC_TOLERANCE)
+            np.testing.assert_allclose(from_tf, opengl_from_opencv @ camera_from_lidar(base_from_lidar), rtol=0,
+                                       atol=EXTRINSIC_TOLERANCE)
+        for a, b in zip(scans(layout, track), scans(reference, track), strict=True):
+            assert a.points_path.read_bytes() == b.points_path.read_bytes()
+            np.testing.assert_array_equal(a.lidar_to_camera, np.loadtxt(tmp_path / "out" / "train" /
+                                                                        f"lidar_to_camera_{track}.txt"))
+
+
+def test_lidar_notes_say_how_times_and_extrinsics_were_read(lidar):
+    notes = lidar[1].notes
+    assert ("LiDAR track ouster: 9 clouds of /ouster/points, point times from field 't' (uint32, nanoseconds after "
+            "the stamp), extrinsic from /tf_static camera_optical -> os_sensor") in notes
+    assert ("LiDAR track velodyne_points: 7 clouds of /velodyne_points, point times from field 'time' (float32, "
+            "seconds after the stamp), extrinsic from /tf_static camera_optical -> velodyne") in notes
+    record = json.loads((lidar[0] / "out" / MANIFEST_FILE).read_text())
+    assert record["lidar_topic"] == {"ouster": "/ouster/points", "velodyne_points": "/velodyne_points"}
+
+
+def test_a_cloud_without_a_time_field_converts_with_one_warning(tmp_path):
+    rig = Rig(clouds=("untimed",))
+    with pytest.warns(ConvertWarning) as caught:
+        summary, layout = convert(tmp_path, rig, lidar_topic=("/mid360/points=mid360",))
+    untimed = [str(w.message) for w in caught if "no per-point time field" in str(w.message)]
+    assert untimed == ["LiDAR topic /mid360/points: 5 of 5 clouds have no per-point time field (fields: x, y, z, "
+                       "intensity); their points are treated as taken at the cloud's stamp (t = 0), so the sweep "
+                       "cannot be deskewed (--lidar-time-field NAME names a time field)"]
+    for k, scan in enumerate(scans(layout, "mid360")):
+        np.testing.assert_array_equal(load_lidar_points(scan), expected_scan("untimed", k).astype(np.float64))
+    assert "point times from none (t = 0)" in summary.notes[-1]
+
+
+def test_a_corrupt_cloud_is_an_error_naming_bag_topic_and_message(tmp_path):
+    rig = Rig(clouds=("ouster",), corrupt_cloud=3)
+    bag = write_rig_bag(bag_path(tmp_path, rig), rig)
+    with pytest.raises(RawDataError) as caught:
+        convert_bag(make_config(bag, tmp_path / "out", rig, lidar_topic=("/ouster/points",)))
+    message = str(caught.value)
+    assert str(bag) in message and "topic /ouster/points (9 messages), message 4" in message
+    assert f"the cloud stamped {stem_of(ns(OUSTER_T[3]))} s: " in message
+    row_step = 8 * (4 * 4 + 4 + 2 + 6) + 16
+    assert f"{4 * row_step - 1} bytes of data for 4 rows of row_step {row_step}" in message
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("rig, changes, says", [
+    (Rig(clouds=("ouster",), cloud_tf=False), {"lidar_topic": ("/ouster/points",)},
+     "LiDAR topic /ouster/points (track ouster_points) has no extrinsic: the bag has no /tf_static; give "
+     "--lidar-to-camera ouster_points tx ty tz qx qy qz qw"),
+    (Rig(clouds=("ouster",)), {"lidar_topic": ("/ouster/points",), "lidar_to_camera": {"os": (0,) * 6 + (1,)}},
+     "--lidar-to-camera names track 'os', but --lidar-topic has no such track (tracks: ouster_points)"),
+    (Rig(clouds=("ouster",)), {"lidar_topic": ("/ouster/points=lidar",)},
+     "track name 'lidar' is also a --depth-topic track"),
+    (Rig(clouds=("ouster",)), {"lidar_topic": ("/camera_pose",)}, "topic /camera_pose is geometry_msgs/msg/PoseStamped"),
+], ids=["no-extrinsic", "unknown-track", "depth-track-name", "not-a-cloud"])
+def test_bad_lidar_options_are_named(tmp_path, rig, changes, says):
+    bag = write_rig_bag(bag_path(tmp_path, rig), rig)
+    with pytest.raises(RawDataError, match=re.escape(says)):
+        convert_bag(make_config(bag, tmp_path / "out", rig, **changes))
+
+
+def test_an_interrupted_lidar_conversion_resumes(tmp_path, monkeypatch, lidar):
+    bag = write_rig_bag(tmp_path / "rig", LIDAR_RIG)
+    config = make_config(bag, tmp_path / "out", LIDAR_RIG, depth_topic={"tof": "/tof/depth/image_raw"},
+                         lidar_topic=("/ouster/points=ouster", "/velodyne_points"))
+    real, saved = bag_lidar.save_npy_atomically, []
+
+    def interrupted_at_the_fifth_scan(path, array):
+        if len(saved) == 4:
+            raise KeyboardInterrupt
+        saved.append(path)
+        real(path, array)
+
+    monkeypatch.setattr(bag_lidar, "save_npy_atomically", interrupted_at_the_fifth_scan)
+    with pytest.raises(KeyboardInterrupt):
+        convert_bag(config)
+    monkeypatch.setattr(bag_lidar, "save_npy_atomically", lambda path, array: (saved.append(path), real(path, array)))
+    summary = convert_bag(config)
+    assert len(saved) == 9 + 7  # each scan written once
+    assert any(note.startswith("resumed: ") for note in summary.notes)
+    layout = read_layout(tmp_path / "out")
+    for track in TRACKS.values():
+        for a, b in zip(scans(layout, track), scans(lidar[2], track), strict=True):
+            assert a.stem == b.stem and a.points_path.read_bytes() == b.points_path.read_bytes()
+
+
+# --- per-point times: the unit and absolute-time rule (decode_cloud on messages built here) -----------
+
+
+def cloud_message(columns: Dict[str, np.ndarray], stamp_ns: int, height: int = 1, **layout):
+    """A ROS 2 PointCloud2 message (no bag: a _Bag without its writer builds it)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    messages = _Bag.__new__(_Bag)
+    messages.ros, messages.store = 2, get_typestore(Stores.ROS2_HUMBLE)
+    return messages.cloud(stamp_ns, "lidar", columns, height, len(next(iter(columns.values()))) // height, **layout)
+
+
+def _xyz(n: int) -> Dict[str, np.ndarray]:
+    return {axis: np.arange(1, n + 1, dtype=np.float32) * scale for axis, scale in zip("xyz", (1.0, 2.0, -0.5))}
+
+
+STAMP = T0_NS + 123_456_789
+REL = np.array([-0.05, 0.0, 0.01, 0.04])
+"""Seconds after STAMP of four points."""
+
+
+@pytest.mark.parametrize("field_name, values, says, tolerance", [
+    ("timestamp", STAMP * 1e-9 + REL, "field 'timestamp' (float64, absolute seconds: the stamp subtracted)", 3e-7),
+    ("timestamp", STAMP + REL * 1e9, "field 'timestamp' (float64, absolute nanoseconds: the stamp subtracted)", 3e-7),
+    ("t", np.round(REL * 1e9).astype(np.int32), "field 't' (int32, nanoseconds after the stamp)", 0),
+    ("offset_time", np.round((REL + 0.05) * 1e9).astype(np.uint32), "field 'offset_time' (uint32, nanoseconds after", 0),
+    ("time", REL.astype(np.float64), "field 'time' (float64, seconds after the stamp)", 0),
+], ids=["hesai-seconds", "livox-float-ns", "int32-ns", "livox-offset_time", "velodyne-float64"])
+def test_point_time_rules(field_name, values, says, tolerance):
+    """Float64 absolute seconds resolve 0.24 us near 1.7e9 s (tolerance 3e-7 s); integer ns and relative
+    seconds convert exactly (to the float32 of the file)."""
+    scan = decode_cloud(cloud_message({**_xyz(4), field_name: values}, STAMP), STAMP)
+    assert scan.time.startswith(says)
+    expected = REL + (0.05 if field_name == "offset_time" else 0.0)
+    np.testing.assert_allclose(scan.points[:, 3], expected.astype(np.float32), rtol=0, atol=max(tolerance, 4e-9))
+
+
+def test_cloud_decoding_rules():
+    xyz = _xyz(6)
+    # Big-endian float64 x, y, z in a 2x3 organised cloud with padding: read, cast to float32.
+    big = decode_cloud(cloud_message({a: v.astype(np.float64) for a, v in xyz.items()}, STAMP, height=2, point_pad=3,
+                                     row_pad=5, bigendian=True), STAMP)
+    np.testing.assert_array_equal(big.points[:, :3], np.stack(list(xyz.values()), axis=1))
+    assert big.time is None and not big.points[:, 3].any()
+    # Livox carries offset_time and timestamp: offset_time (earlier in TIME_FIELDS) wins; --lidar-time-field picks.
+    both = {**xyz, "offset_time": np.arange(6, dtype=np.uint32) * 1000, "timestamp": np.full(6, STAMP * 1e-9 + 0.5)}
+    assert "offset_time" in decode_cloud(cloud_message(both, STAMP), STAMP).time
+    picked = decode_cloud(cloud_message(both, STAMP), STAMP, time_field="timestamp")
+    np.testing.assert_allclose(picked.points[:, 3], 0.5, atol=3e-7)
+    # Simulation time (stamp 100 s): relative seconds stay relative (nearer to 0 than to the stamp).
+    sim = decode_cloud(cloud_message({**xyz, "time": np.full(6, 0.08, np.float32)}, 100 * 10**9), 100 * 10**9)
+    np.testing.assert_array_equal(sim.points[:, 3], np.float32(0.08))
+    # A float field in milliseconds reads as seconds: 40 s from the stamp is refused, naming the field.
+    with pytest.raises(ValueError, match=r"point times of field 'time' \(float32, seconds after the stamp\) reach 40 s"):
+        decode_cloud(cloud_message({**xyz, "time": np.full(6, 40.0, np.float32)}, STAMP), STAMP)
+    with pytest.raises(ValueError, match=r"no field 'stamp' \(--lidar-time-field\); fields: x, y, z"):
+        decode_cloud(cloud_message(xyz, STAMP), STAMP, time_field="stamp")
+    with pytest.raises(ValueError, match=r"the cloud has no field z \(fields: x, y, t\)"):
+        decode_cloud(cloud_message({"x": xyz["x"], "y": xyz["y"], "t": np.zeros(6, np.uint32)}, STAMP), STAMP)
+    with pytest.raises(ValueError, match="field 'x' is int16"):
+        decode_cloud(cloud_message({**xyz, "x": np.ones(6, np.int16)}, STAMP), STAMP)
+
+
+def test_lidar_command_line():
+    config = convert_script.parse(["bag", "--bag", "b", "--out", "o", "--rgb-topic", "/c", "--tf", "map", "cam",
+                                   "--pose-convention", "opencv-enu", "--lidar-topic", "/os/points=os",
+                                   "--lidar-topic", "/hesai/pandar", "--lidar-time-field", "stamp_ns",
+                                   "--lidar-to-camera", "os", "0.1", "-0.2", "0", "0", "0", "0", "1"])
+    assert config.lidar_topic == ("/os/points=os", "/hesai/pandar") and config.lidar_time_field == "stamp_ns"
+    assert config.lidar_to_camera == {"os": (0.1, -0.2, 0.0, 0.0, 0.0, 0.0, 1.0)}
+    assert bag_lidar.lidar_tracks(config.lidar_topic) == {"os": "/os/points", "hesai_pandar": "/hesai/pandar"}

@@ -13,7 +13,12 @@ writes the metadata; the result is validated and moved to OUT only when complete
 conversion leaves the folder and the same command goes on from it.
 
 Stamps are the messages' header stamps (the sensor's capture time) unless --stamp receive asks for
-the bag's receive time; depth frames keep their own stamps."""
+the bag's receive time; depth frames keep their own stamps.
+
+PointCloud2 topics (--lidar-topic) are LiDAR tracks (convert/bag_lidar.py): each cloud is decoded and
+written as one scan file as it comes, journaled like the frames; after the pass each track gets its
+extrinsic (--lidar-to-camera, else the /tf_static chain from the camera's frame to the clouds' frame)
+and is written with its scans' stamps (the LiDAR's clock) beside the depth tracks."""
 
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from async_nerf_ns.convert.bag_messages import (
     CameraIntrinsics,
     MessageError,
     camera_info,
+    frame_name,
     pose_matrix,
     stamp_ns,
     stem_of,
@@ -55,6 +61,7 @@ from async_nerf_ns.convert.bag_frames import (
     write_depth_frame,
     write_rgb_frame,
 )
+from async_nerf_ns.convert.bag_lidar import POINT_CLOUD2, LidarStream, lidar_tracks, note_frame_id, write_lidar_scan
 from async_nerf_ns.convert.config import BagConfig, FramesConfig
 from async_nerf_ns.convert.convert import check_rgb_count, check_val_every
 from async_nerf_ns.convert.errors import RawDataError
@@ -63,15 +70,25 @@ from async_nerf_ns.convert.frame_poses import (
     PoseCoverage,
     TimedPoses,
     camera_poses,
+    matrix_from_tq,
     poses_for_frames,
     select_frames,
 )
 from async_nerf_ns.convert.masks import attach_masks
 from async_nerf_ns.convert.output_folder import OutputFolderError, discard, files_to_replace, staging_folder
-from async_nerf_ns.convert.poses import raw_c2w_to_drb
+from async_nerf_ns.convert.poses import OPENCV_TO_OPENGL_CAMERA, raw_c2w_to_drb
 from async_nerf_ns.convert.tf_chain import TfError, TfTree
 from async_nerf_ns.convert.trajectory_files import read_pose_file
-from async_nerf_ns.convert.writer import TOOL_NAME, ConversionSummary, OutFrame, OutStream, publish, summary_record, write_dataset
+from async_nerf_ns.convert.writer import (
+    TOOL_NAME,
+    ConversionSummary,
+    OutFrame,
+    OutLidarTrack,
+    OutStream,
+    publish,
+    summary_record,
+    write_dataset,
+)
 from async_nerf_ns.files.keys import content_key, file_identity
 from async_nerf_ns.layout import RGB_POSE_GT_TRACK, LayoutError
 
@@ -113,12 +130,28 @@ def _info_topic(image_topic: str) -> str:
     return "/".join(parts[:-1] + ["camera_info"])
 
 
-def _check_track_names(config: BagConfig, bag: Path) -> None:
-    for track in config.depth_topic:
-        if not track or "/" in track or track.startswith("."):
-            raise RawDataError(bag, f"--depth-topic: '{track}' is not a track name (a folder name, e.g. lidar)")
-        if track == RGB_POSE_GT_TRACK:
-            raise RawDataError(bag, f"--depth-topic: track name '{track}' is reserved for the RGB camera")
+def _check_track_names(config: BagConfig, bag: Path) -> Dict[str, str]:
+    """The LiDAR tracks (track -> topic), once every track name and the flags naming tracks are checked."""
+    try:
+        lidar = lidar_tracks(config.lidar_topic)
+    except ValueError as error:
+        raise RawDataError(bag, str(error)) from error
+    for flag, tracks in (("--depth-topic", config.depth_topic), ("--lidar-topic", lidar)):
+        for track in tracks:
+            if not track or "/" in track or track.startswith("."):
+                raise RawDataError(bag, f"{flag}: '{track}' is not a track name (a folder name, e.g. lidar)")
+            if track == RGB_POSE_GT_TRACK:
+                raise RawDataError(bag, f"{flag}: track name '{track}' is reserved for the RGB camera")
+    for track, topic in lidar.items():
+        if track in config.depth_topic:
+            raise RawDataError(bag, f"--lidar-topic {topic}: track name '{track}' is also a --depth-topic track; "
+                               "name it with TOPIC=TRACK")
+    if config.lidar_time_field is not None and not lidar:
+        raise RawDataError(bag, "--lidar-time-field is for --lidar-topic clouds, and no --lidar-topic is given")
+    for track in config.lidar_to_camera:
+        if track not in lidar:
+            raise RawDataError(bag, f"--lidar-to-camera names track '{track}', but --lidar-topic has no such track "
+                               f"(tracks: {', '.join(lidar) or 'none'})")
     for flag, names in (("--depth-intrinsics", config.depth_intrinsics), ("--depth-scale", config.depth_scale),
                         ("--depth-time-offset", config.depth_time_offset), ("--depth-info-topic", config.depth_info_topic)):
         for track in names:
@@ -128,6 +161,7 @@ def _check_track_names(config: BagConfig, bag: Path) -> None:
     for track, seconds in config.depth_time_offset.items():
         if not math.isfinite(seconds):
             raise RawDataError(bag, f"--depth-time-offset {track} must be a finite number of seconds")
+    return lidar
 
 
 def _pose_source(config: BagConfig) -> str:
@@ -162,6 +196,9 @@ class _Plan:
     """stream name -> CameraInfo topic, for the streams whose intrinsics come from the bag."""
     pose_topic: Optional[str] = None
     tf_topics: Tuple[str, ...] = ()
+    lidar: Dict[str, LidarStream] = field(default_factory=dict)
+    lidar_static: bool = False
+    """/tf_static is read for the extrinsic of a LiDAR track without --lidar-to-camera."""
 
 
 def _info_topics(
@@ -186,8 +223,27 @@ def _info_topics(
     return info_topics
 
 
+def _lidar_streams(
+    config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path, tracks: Dict[str, str]
+) -> Dict[str, LidarStream]:
+    streams = {}
+    for track, topic in tracks.items():
+        _check_topic(topics, topic, (POINT_CLOUD2,), f"--lidar-topic {topic}", bag)
+        if track not in config.lidar_to_camera and TF_STATIC_TOPIC not in topics:
+            raise RawDataError(bag, _no_extrinsic(topic, track, f"the bag has no {TF_STATIC_TOPIC}"))
+        streams[track] = LidarStream(track, topic, topics[topic].msgtype, topics[topic].msgcount,
+                                     frames / f"lidar_{track}", time_field=config.lidar_time_field)
+    return streams
+
+
+def _no_extrinsic(topic: str, track: str, why: str) -> str:
+    return (f"LiDAR topic {topic} (track {track}) has no extrinsic: {why}; give --lidar-to-camera {track} tx ty tz "
+            f"qx qy qz qw (the LiDAR's pose in the RGB camera frame, camera axes of --pose-convention), or record "
+            f"the transform between the camera's frame and the clouds' frame in {TF_STATIC_TOPIC}")
+
+
 def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) -> _Plan:
-    _check_track_names(config, bag)
+    lidar = _check_track_names(config, bag)
     source = _pose_source(config)
     _check_topic(topics, config.rgb_topic, IMAGE_TYPES, "--rgb-topic", bag)
     rgb = FrameStream("rgb", config.rgb_topic, topics[config.rgb_topic].msgtype, topics[config.rgb_topic].msgcount,
@@ -197,6 +253,10 @@ def _plan(config: BagConfig, bag: Path, topics: Dict[str, Any], frames: Path) ->
         _check_topic(topics, topic, IMAGE_TYPES, f"--depth-topic {track}", bag)
         depth[track] = FrameStream(track, topic, topics[topic].msgtype, topics[topic].msgcount, frames / f"depth_{track}")
     plan = _Plan(rgb=rgb, depth=depth, info_topics=_info_topics(config, bag, topics, rgb, depth))
+    plan.lidar = _lidar_streams(config, bag, topics, frames, lidar)
+    plan.lidar_static = any(track not in config.lidar_to_camera for track in plan.lidar)
+    if plan.lidar_static:
+        _check_topic(topics, TF_STATIC_TOPIC, TF_TYPES, "--lidar-topic (its extrinsic)", bag)
     if source == "--pose-topic":
         _check_topic(topics, config.pose_topic, POSE_TYPES, "--pose-topic", bag)
         plan.pose_topic = config.pose_topic
@@ -217,6 +277,10 @@ class _Collected:
     pose_times: List[int] = field(default_factory=list)
     pose_matrices: List[np.ndarray] = field(default_factory=list)
     tf: TfTree = field(default_factory=TfTree)
+    tf_static: TfTree = field(default_factory=TfTree)
+    """/tf_static alone (LiDAR extrinsics)."""
+    camera_frame: Optional[str] = None
+    """The first RGB message's header frame_id."""
 
 
 def _progress(total: int, show: bool):
@@ -301,7 +365,7 @@ class _Frames:
             messages.close()
 
     def take(self, stream: FrameStream, item: _BagMessage, write: Callable[..., Optional[Callable[[], None]]]) -> None:
-        """`write`: write_rgb_frame or write_depth_frame."""
+        """`write`: write_rgb_frame, write_depth_frame or write_lidar_scan."""
         stamp = item.stamp()
         if stamp <= 0:
             raise MessageError(self.zero_stamp)
@@ -320,6 +384,14 @@ def _keep_transforms(tf: TfTree, item: _BagMessage) -> None:
         tf.add(parent, child, item.stamp(stamp) * 1e-9, pose, static=item.topic == TF_STATIC_TOPIC)
 
 
+def _keep_static(tf: TfTree, item: _BagMessage) -> None:
+    """A /tf_static message into the tree of LiDAR extrinsics (its errors are the message's)."""
+    try:
+        _keep_transforms(tf, item)
+    except TfError as error:
+        raise MessageError(str(error)) from error
+
+
 def _keep_pose(collected: _Collected, item: _BagMessage) -> None:
     collected.pose_times.append(item.stamp())
     collected.pose_matrices.append(pose_matrix(item.message, item.msgtype))
@@ -330,18 +402,24 @@ def _read_pass(
 ) -> _Collected:
     """The one pass over the bag: frames written as they come (or found in the journal), small things kept."""
     collected = _Collected()
-    streams = {plan.rgb.topic: plan.rgb, **{s.topic: s for s in plan.depth.values()}}
+    streams = {plan.rgb.topic: plan.rgb, **{s.topic: s for s in plan.depth.values()},
+               **{s.topic: s for s in plan.lidar.values()}}
     for stream in streams.values():
         stream.folder.mkdir(parents=True, exist_ok=True)
     info_by_topic = {topic: name for name, topic in plan.info_topics.items()}
-    wanted = set(streams) | set(info_by_topic) | set(plan.tf_topics) | ({plan.pose_topic} if plan.pose_topic else set())
+    static_topics = {TF_STATIC_TOPIC} if plan.lidar_static else set()
+    wanted = (set(streams) | set(info_by_topic) | set(plan.tf_topics) | static_topics
+              | ({plan.pose_topic} if plan.pose_topic else set()))
 
     def info_known(topic: str) -> bool:  # one CameraInfo per camera is enough
         return topic in info_by_topic and info_by_topic[topic] in collected.infos and topic not in streams
 
     def take(item: _BagMessage) -> None:
+        if item.topic in static_topics:
+            _keep_static(collected.tf_static, item)
         if item.topic in plan.tf_topics:
             _keep_transforms(collected.tf, item)
+        if item.topic in plan.tf_topics or item.topic in static_topics:
             return
         if item.topic in info_by_topic and info_by_topic[item.topic] not in collected.infos:
             collected.infos[info_by_topic[item.topic]] = camera_info(item.message)
@@ -349,6 +427,12 @@ def _read_pass(
             _keep_pose(collected, item)
         if item.topic in streams:
             stream = streams[item.topic]
+            if isinstance(stream, LidarStream):
+                note_frame_id(stream, item.message)
+                frames.take(stream, item, write_lidar_scan)
+                return
+            if stream is plan.rgb and collected.camera_frame is None:
+                collected.camera_frame = frame_name(str(item.message.header.frame_id))
             frames.take(stream, item, write_rgb_frame if stream is plan.rgb else write_depth_frame)
 
     frames = _Frames(config.workers, config.png_compression, bag, journal, ZERO_STAMP)
@@ -435,7 +519,9 @@ def _stream_notes(stream: FrameStream, stacklevel: int = 3) -> List[str]:
     return notes
 
 
-def _record(config: BagConfig, bag: Path, summary: ConversionSummary) -> Dict[str, Any]:
+def _record(
+    config: BagConfig, bag: Path, summary: ConversionSummary, lidar: Dict[str, LidarStream]
+) -> Dict[str, Any]:
     pose_file = config.tum or config.colmap or config.transforms
     return {
         "source": "bag",
@@ -449,6 +535,9 @@ def _record(config: BagConfig, bag: Path, summary: ConversionSummary) -> Dict[st
         "camera_to_body": config.camera_to_body,
         "interpolation": config.interpolation,
         "depth_time_offset": config.depth_time_offset,
+        "lidar_topic": {track: stream.topic for track, stream in lidar.items()},
+        "lidar_time_field": config.lidar_time_field,
+        "lidar_to_camera": {track: list(values) for track, values in config.lidar_to_camera.items()},
         "val_every": config.val_every,
         "mask_folder": None if config.mask_folder is None else str(Path(config.mask_folder).expanduser().resolve()),
         **summary_record(summary),
@@ -462,7 +551,10 @@ def _bag_files(bag: Path) -> List[Path]:
 def resumable_folder(config: BagConfig, out: Path, bag: Path) -> Path:
     """`.OUT.KEY.partial` beside OUT: KEY is the bag's files (path, size, mtime) and every option that decides
     the frame files, so a rerun of the same command finds the frames an interrupted one wrote."""
-    options = json.dumps([config.rgb_topic, sorted(config.depth_topic.items()), config.stamp, config.png_compression])
+    options = [config.rgb_topic, sorted(config.depth_topic.items()), config.stamp, config.png_compression]
+    if config.lidar_topic:  # (a command without LiDAR keeps the key of earlier versions)
+        options += [list(config.lidar_topic), config.lidar_time_field]
+    options = json.dumps(options)
     key = content_key(file_identity(_bag_files(bag)), options)
     return out.parent / f".{out.name}.{key}{RESUMABLE_SUFFIX}"
 
@@ -489,12 +581,20 @@ def _read_bag(
 def _pass_notes(config: BagConfig, plan: _Plan, frames_folder: Path) -> List[str]:
     """What the summary says about the pass: the stamps, the frames resumed, out-of-order stamps (warned)."""
     notes: List[str] = [f"stamps: {'header stamps' if config.stamp == 'header' else 'bag receive times'}"]
-    streams = [plan.rgb, *plan.depth.values()]
+    streams = [plan.rgb, *plan.depth.values(), *plan.lidar.values()]
     resumed = sum(stream.resumed for stream in streams)
     if resumed:
         notes.append(f"resumed: {resumed} frames were written by an interrupted run ({frames_folder})")
     for stream in streams:
         notes += _stream_notes(stream, stacklevel=4)
+    for stream in plan.lidar.values():
+        if stream.untimed:
+            fields = f" (fields: {stream.untimed_fields})" if stream.untimed_fields else ""
+            note = (f"LiDAR topic {stream.topic}: {stream.untimed} of {len(stream.time)} clouds have no per-point time "
+                    f"field{fields}; their points are treated as taken at the cloud's stamp (t = 0), so the sweep "
+                    "cannot be deskewed (--lidar-time-field NAME names a time field)")
+            warnings.warn(ConvertWarning(note), stacklevel=4)
+            notes.append(note)
     return notes
 
 
@@ -530,6 +630,53 @@ def _depth_streams(
     return depth
 
 
+def _lidar_extrinsic(
+    config: BagConfig, stream: LidarStream, collected: _Collected, bag: Path
+) -> Tuple[np.ndarray, str]:
+    """(4x4 LiDAR -> RGB camera in the layout's OpenGL camera axes, where it came from)."""
+    given = config.lidar_to_camera.get(stream.name)
+    if given is not None:
+        values = np.asarray(given, dtype=np.float64)
+        if not np.isfinite(values).all() or np.linalg.norm(values[3:]) < 1e-6:
+            raise RawDataError(bag, f"--lidar-to-camera {stream.name}: {values.tolist()} is not a translation and "
+                               "a unit quaternion (tx ty tz qx qy qz qw)")
+        camera_from_lidar = matrix_from_tq(values[:3], values[3:] / np.linalg.norm(values[3:]))
+        source = "--lidar-to-camera"
+    else:
+        with_body = config.camera_to_body is not None
+        camera = config.tf[1].lstrip("/") if config.tf is not None and not with_body else collected.camera_frame
+        why = (f"the RGB messages of {config.rgb_topic} have no frame_id" if not camera else
+               f"its clouds have several frame_ids ({', '.join(sorted(stream.frame_ids))})" if len(stream.frame_ids) > 1
+               else "its clouds have no frame_id" if not "".join(stream.frame_ids) else None)
+        if why is not None:
+            raise RawDataError(bag, _no_extrinsic(stream.topic, stream.name, why))
+        lidar = next(iter(stream.frame_ids))
+        try:
+            poses, _, _ = collected.tf_static.poses(camera, lidar, np.zeros(1), "linear")
+        except TfError as error:
+            raise RawDataError(bag, _no_extrinsic(stream.topic, stream.name, f"{TF_STATIC_TOPIC}: {error}")) from error
+        camera_from_lidar, source = poses[0], f"{TF_STATIC_TOPIC} {camera} -> {lidar}"
+    if config.pose_convention == "opencv-enu":  # camera axes x right, y down, z forward -> OpenGL
+        camera_from_lidar = np.diag([*np.diag(OPENCV_TO_OPENGL_CAMERA), 1.0]) @ camera_from_lidar
+    return camera_from_lidar, source
+
+
+def _lidar_out(
+    config: BagConfig, plan: _Plan, collected: _Collected, bag: Path, notes: List[str]
+) -> Dict[str, OutLidarTrack]:
+    """The LiDAR tracks as written: their scans (stamps on the LiDAR's clock) and extrinsics."""
+    tracks = {}
+    for track, stream in plan.lidar.items():
+        extrinsic, source = _lidar_extrinsic(config, stream, collected, bag)
+        times = "; ".join(stream.time_notes()) or "none (t = 0)"
+        notes.append(f"LiDAR track {track}: {len(stream.frames)} clouds of {stream.topic}, point times from {times}, "
+                     f"extrinsic from {source}")
+        frames = [OutFrame(stem=stem_of(stamp), time=stamp * 1e-9, write=partial(_link, stream.frames[stamp]))
+                  for stamp in sorted(stream.frames)]
+        tracks[track] = OutLidarTrack(name=track, frames=frames, lidar_to_camera=extrinsic)
+    return tracks
+
+
 def _write_staged(
     staged: Path, config: BagConfig, bag: Path, plan: _Plan, collected: _Collected, notes: List[str],
     show_progress: bool,
@@ -538,9 +685,10 @@ def _write_staged(
     rgb_intrinsics = _intrinsics(plan.rgb, config.rgb_intrinsics, collected, plan, bag, notes)
     rgb_poses_drb = _pose_rgb_frames(config, plan, collected, bag, notes)
     depth = _depth_streams(config, plan, collected, bag, notes)
+    lidar = _lidar_out(config, plan, collected, bag, notes)
     rgb = attach_masks(_out_stream(plan.rgb, rgb_intrinsics, 0.0, None), config.mask_folder)
     summary = write_dataset(staged, rgb, rgb_poses_drb, depth,
-                            config.val_every, show_progress, bag)
+                            config.val_every, show_progress, bag, lidar)
     summary.notes = notes
     return summary
 
@@ -565,7 +713,7 @@ def convert_bag(config: BagConfig, show_progress: bool = False) -> ConversionSum
         plan, collected = _read_bag(reader, config, bag, frames_folder, show_progress)
         notes = _pass_notes(config, plan, frames_folder)
         summary = _write_staged(staged, config, bag, plan, collected, notes, show_progress)
-        publish(staged, out, config.overwrite, _record(config, bag, summary))
+        publish(staged, out, config.overwrite, _record(config, bag, summary, plan.lidar))
     except (LayoutError, ValueError):  # the input, an option or OUT: the command must change anyway
         if not resuming:  # frames an interrupted run wrote stay for the corrected command
             discard(frames_folder)

@@ -56,6 +56,17 @@ class FrameStream:
         self.last = max(self.last, stamp)
         return True
 
+    def journal_fields(self, stamp: int) -> Dict[str, Any]:
+        """What the journal keeps of a finished frame besides its file (to restore the stream's state)."""
+        assert self.size is not None
+        return {"size": list(self.size), "encoding": self.encoding}
+
+    def restore_fields(self, entry: Dict[str, Any], bag: Path, stamp: int) -> None:
+        """The stream's state from a journal entry of a frame an earlier run finished."""
+        self.check_size(tuple(entry["size"]), bag, stamp)
+        if self.encoding is None:
+            self.encoding = entry["encoding"]
+
     def check_size(self, size: Tuple[int, int], bag: Path, stamp: int) -> None:
         if self.size is None:
             self.size = size
@@ -181,9 +192,8 @@ class FrameJournal:
         self.file = self.path.open("a")
 
     def add(self, stream: FrameStream, stamp: int) -> None:
-        assert stream.size is not None
         entry = {"stream": stream.name, "stamp": stamp, "stream_folder": stream.folder.name,
-                 "file": stream.frames[stamp].name, "size": list(stream.size), "encoding": stream.encoding}
+                 "file": stream.frames[stamp].name, **stream.journal_fields(stamp)}
         with self.lock:
             self.file.write(json.dumps(entry) + "\n")
             self.file.flush()
@@ -193,9 +203,7 @@ class FrameJournal:
         entry = self.done.get((stream.name, stamp))
         if entry is None:
             return False
-        stream.check_size(tuple(entry["size"]), bag, stamp)
-        if stream.encoding is None:
-            stream.encoding = entry["encoding"]
+        stream.restore_fields(entry, bag, stamp)
         stream.frames[stamp] = stream.folder / entry["file"]
         stream.resumed += 1
         return True

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Literal, Optional, Tuple
 
+import tyro
+from typing_extensions import Annotated
+
 from async_nerf_ns.convert.poses import PoseConvention
 
 Interpolation = Literal["linear", "cubic"]
@@ -112,6 +115,29 @@ class BagSource:
     """TRACK TOPIC [TRACK TOPIC ...]: depth tracks, each a sensor_msgs/Image topic (16UC1/mono16
     millimetres, written as 16-bit PNG; 32FC1 metres, written as .npy) or a compressedDepth
     CompressedImage topic of 16UC1 PNGs."""
+    lidar_topic: Annotated[Tuple[str, ...], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="TOPIC[=TRACK]")] = ()
+    """TOPIC or TOPIC=TRACK (repeat the flag for more): a sensor_msgs/PointCloud2 topic written as the LiDAR
+    track TRACK (default: the topic's segments joined by '_', /ouster/points -> ouster_points): one
+    lidar_TRACK/STAMP.npy per cloud, rows x y z (LiDAR frame, metres) t (seconds after the cloud's header
+    stamp), NaN and all-zero points left out. Per-point times from the first field called t (Ouster), time
+    (Velodyne), offset_time (Livox) or timestamp (Hesai, Livox), or --lidar-time-field; a cloud without one
+    gets t = 0 (one warning per topic: no deskewing)."""
+    lidar_time_field: Annotated[Optional[str], tyro.conf.arg(metavar="NAME")] = None
+    """The per-point time field of every --lidar-topic, when its name is not t, time, offset_time or
+    timestamp. Units: integer fields are nanoseconds, float fields seconds; values within a day of the
+    cloud's header stamp (nearer to it than to 0) are absolute times and the stamp is subtracted (a float
+    field is also tried as absolute nanoseconds); other values are times after the stamp. A point time more
+    than 10 s from its stamp is an error (a field in other units). With --stamp receive a scan is stamped
+    with its receive time and its points keep their times after the header stamp."""
+    lidar_to_camera: Annotated[
+        Dict[str, Tuple[float, float, float, float, float, float, float]],
+        tyro.conf.arg(metavar="TRACK TX TY TZ QX QY QZ QW [...]"),
+    ] = field(default_factory=dict)
+    """TRACK tx ty tz qx qy qz qw [TRACK ...]: the LiDAR's pose in the RGB camera frame (p_camera = R p_lidar
+    + t, metres), camera axes as --pose-convention says (opencv-enu: a ROS optical frame, x right, y down,
+    z forward; opengl-enu, drb: x right, y up, z back); written as lidar_to_camera_TRACK.txt in OpenGL
+    axes. Default: the chain in /tf_static from the camera's frame (--tf's CAMERA, or with --camera-to-body
+    or another pose source the RGB messages' frame_id; same axes) to the clouds' frame_id."""
     rgb_info_topic: Optional[str] = None
     """sensor_msgs/CameraInfo of the RGB camera. Default: camera_info beside the image topic
     (/cam/color/image_raw[/compressed] -> /cam/color/camera_info)."""
@@ -141,7 +167,8 @@ class BagConfig(PoseFileOptions, CommonOptions, BagSource):
     receive times); depth frames keep their own stamps. Intrinsics come from the CameraInfo topics.
     RGB poses come from one of --pose-topic, --tf, --tum, --colmap, --transforms and are interpolated
     to the frames' stamps; the summary says how many frames were interpolated and the largest time
-    between the pose samples around one. Frames are written into a hidden .OUT.KEY.partial folder
+    between the pose samples around one. PointCloud2 topics (--lidar-topic) become LiDAR tracks: one
+    scan of points with their own times per cloud. Frames are written into a hidden .OUT.KEY.partial folder
     beside OUT: an interrupted run (Ctrl-C, full disk) leaves it, and the same command resumes.
 
     Example: async-nerf-convert bag --bag run.bag --out data --rgb-topic /cam/color/image_raw

@@ -1,8 +1,9 @@
 """Writing checked streams into the layout, then validating the result and moving it into place.
 
 Every source (a frame folder, a ROS bag) ends as one `OutStream` of RGB frames with their poses
-(DRB world, OpenGL camera, metres) and one per depth track, each frame able to write its own file
-(`OutFrame.write`: a copy of a user's file, a re-encode, or a move of a file the converter staged).
+(DRB world, OpenGL camera, metres) and one per depth track (and a bag one `OutLidarTrack` per LiDAR
+track), each frame able to write its own file (`OutFrame.write`: a copy of a user's file, a re-encode,
+or a move of a file the converter staged).
 `write_dataset` writes coordinates.pt, the split folders, the metadata and true poses;
 `publish` writes conversion.json, validates with `read_layout`, and moves the folder to OUT.
 """
@@ -78,6 +79,16 @@ class OutStream:
         return np.array([frame.time for frame in self.frames], dtype=np.float64)
 
 
+@dataclass
+class OutLidarTrack:
+    """One LiDAR track to write: scans in time order (their `time`: the scan's stamp) and its extrinsic."""
+
+    name: str
+    frames: List[OutFrame]
+    lidar_to_camera: np.ndarray
+    """4x4 rigid transform LiDAR frame -> RGB camera frame (OpenGL camera axes), metres."""
+
+
 def split_of(index: int, val_every: int) -> str:
     """'val' for frames val_every//2, val_every//2 + val_every, ... of a stream, else 'train'."""
     return "val" if index % val_every == val_every // 2 else "train"
@@ -91,9 +102,12 @@ def write_dataset(
     val_every: int,
     show_progress: bool,
     poses_where: Path,
+    lidar: Optional[Mapping[str, OutLidarTrack]] = None,
 ) -> ConversionSummary:
     """Writes the layout into `folder`; `rgb_poses_drb` (N, 3, 4) are the RGB frames' poses in metres,
-    `poses_where` what an error about them names."""
+    `poses_where` what an error about them names. LiDAR scans are split like depth frames; each split
+    with scans of a track gets the track's lidar_to_camera_TRACK.txt."""
+    lidar = lidar or {}
     origin, scale = scene_normalisation(rgb_poses_drb[:, :, 3])
     if not scale > 0:
         raise RawDataError(poses_where, "all RGB cameras are at one position")
@@ -141,7 +155,16 @@ def write_dataset(
             pose = normalise_c2w(frame.pose_gt_drb, origin, scale)
             np.savetxt(target(split, f"pose_gt_{track}", frame.stem + ".txt"), pose, fmt="%.17g")
 
-    names = {"rgbs": RGB_STREAM, "masks": "masks", **{f"depth_{t}": t for t in depth}}
+    for track, scans in lidar.items():
+        for index, frame in enumerate(scans.frames):
+            split = split_of(index, val_every)
+            frame.write(target(split, f"lidar_{track}", frame.stem))
+            torch.save({"timestamp": float(frame.time)}, target(split, f"metadata_lidar_{track}", frame.stem + ".pt"))
+        for split in counts:
+            if counts[split].get(f"lidar_{track}"):
+                np.savetxt(folder / split / f"lidar_to_camera_{track}.txt", scans.lidar_to_camera, fmt="%.17g")
+
+    names = {"rgbs": RGB_STREAM, "masks": "masks", **{f"depth_{t}": t for t in depth}, **{f"lidar_{t}": t for t in lidar}}
     return ConversionSummary(
         out=folder,
         origin_drb=origin,

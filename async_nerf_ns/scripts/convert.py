@@ -15,6 +15,9 @@ FILE; bag: --pose-topic TOPIC (PoseStamped, PoseWithCovarianceStamped, Transform
 times (--interpolation linear|cubic); frames outside the poses' span, or between poses more than
 --max-pose-gap apart, are left out with a warning. --camera-to-body gives the camera's pose in the
 tracked frame. --depth-time-offset TRACK SECONDS puts a depth track's stamps on the RGB clock.
+bag: --lidar-topic TOPIC[=TRACK] (repeatable) writes a sensor_msgs/PointCloud2 topic as a LiDAR track,
+points with their own times (fields t, time, offset_time, timestamp, or --lidar-time-field), with the
+extrinsic from --lidar-to-camera TRACK tx ty tz qx qy qz qw or /tf_static.
 
 Input of the folder source, RAW/ (every frame file is named by its capture time in seconds, e.g.
 1667117650.123.png; all streams share one clock unless --depth-time-offset says otherwise):
@@ -37,9 +40,11 @@ camera from it, so RGB cameras lie in the unit ball; train/ and val/ (see --val-
 rgbs/, metadata/ (W, H, intrinsics, normalised DRB c2w, timestamp), depth_TRACK/,
 metadata_depth_TRACK/ (W, H, intrinsics, timestamp, depth_scale if given, and as c2w the PRIOR
 pose: the pose of the RGB frame nearest in time, what a pipeline without a time-pose function
-would use), pose_gt_TRACK/; and conversion.json (options, result, notes, files written). The result
-is validated with the DataParser's own checks in a hidden folder beside OUT and only then moved
-into OUT: an interrupted conversion never leaves a dataset that looks complete.
+would use), pose_gt_TRACK/; from a bag's --lidar-topic: lidar_TRACK/ ((N, 4) float32 x y z t),
+metadata_lidar_TRACK/ (timestamp), lidar_to_camera_TRACK.txt; and conversion.json (options, result,
+notes, files written). The result is validated with the DataParser's own checks in a hidden folder
+beside OUT and only then moved into OUT: an interrupted conversion never leaves a dataset that looks
+complete.
 """
 
 from __future__ import annotations
