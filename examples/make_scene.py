@@ -3,7 +3,10 @@
 The generator writes a dataset in the layout of the async-nerf DataParser (Mega-NeRF frames plus
 Async-NeRF depth tracks): RGB frames at ~5 Hz, one depth track named by `SceneSpec.depth_track`
 at its own rate, resolution and intrinsics, whose metadata carries the *naive* prior pose (the
-pose of the nearest RGB frame in time) while `pose_gt_<track>/` holds its true pose.
+pose of the nearest RGB frame in time) while `pose_gt_<track>/` holds its true pose. With
+`--lidar`, also a spinning LiDAR on the camera's mount (`LIDAR_TO_CAMERA`), written as the LiDAR
+track `SceneSpec.lidar_track`: every point carries its own time within the sweep, on the LiDAR's
+own clock (`simulate_lidar_scan`).
 
 Geometry is a union of axis-aligned boxes (the ground slab, low plaza terraces and buildings),
 so every image is rendered by exact ray/box intersection and every depth value lies on a
@@ -11,7 +14,7 @@ surface: `Scene.signed_distance` is zero there. All scene maths happens in metre
 "town" frame whose axes are those of the nerfstudio world (x, y horizontal, z up); poses are
 converted to the dataset's normalised DRB frame only when written.
 
-    python -m examples.make_scene OUT_DIR [--seed 0] [--num-rgb 160] [--width 96] [--height 72]
+    python -m examples.make_scene OUT_DIR [--seed 0] [--num-rgb 160] [--width 96] [--height 72] [--lidar]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Tuple
 
-from typing_extensions import Annotated
+from typing_extensions import Annotated, Literal
 
 import numpy as np
 import torch
@@ -41,6 +44,17 @@ GROUND, TERRACE, BUILDING, MOVER = 0, 1, 2, 3
 """Box kinds (MOVER: a car driving along a street, `Movers`); `Scene.render` labels background (sky)
 pixels with SKY."""
 SKY = -1
+
+LIDAR_TO_CAMERA = np.array(
+    [[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.10], [-1.0, 0.0, 0.0, 0.05], [0.0, 0.0, 0.0, 1.0]]
+)
+"""The LiDAR's mount, written as lidar_to_camera_TRACK.txt: p_camera = R p_lidar + t (metres; camera axes OpenGL:
+x right, y up, z back). The LiDAR sits on the camera's gimbal, 10 cm above and 5 cm behind its optical centre, with
+the usual LiDAR axes: x forward (camera -z), y left (camera -x), z up (camera y), so its spin axis is the world's
+up when the camera is level. In flight the camera pitches 35-55 deg down and the scan plane tilts with it: the front
+quarter of a sweep returns from the ground and buildings 30-160 m away, the sides reach out towards the ground's
+edge and the horizon (about half return), the back half looks up into the sky (no returns); with the default
+150 m range, about 30 % of the beams return."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,39 @@ class SceneSpec:
     would pick it."""
     depth_max_range_m: float = 250.0
     """Depth is 0 (no measurement) where the ray distance to the hit exceeds this, or at the sky."""
+    lidar: bool = False
+    """Also simulate a spinning LiDAR on the camera's mount (`LIDAR_TO_CAMERA`) and write it as the LiDAR track
+    `lidar_track` (DATA_LAYOUT.md, "LiDAR tracks"), from its own random stream: without it, the dataset is byte for
+    byte the one the generator wrote before the LiDAR existed (scene.json leaves out the lidar_* fields)."""
+    lidar_track: str = "top"
+    """Name of the LiDAR track: files go to lidar_<name>/, metadata_lidar_<name>/, pose_gt_lidar_<name>/ and
+    lidar_to_camera_<name>.txt; not `rgb` and not the depth track's name."""
+    lidar_rate_hz: float = 10.0
+    """Sweeps per second. The LiDAR spins continuously, one sweep after the other; the sweep period is 1000 / rate
+    rounded to whole milliseconds (so that every scan stamp is an exact "%.3f" STEM)."""
+    lidar_offset_s: float = 0.037
+    """Start of the first sweep after the first RGB frame (RGB clock). Only sweeps that lie wholly within the RGB time
+    span are written."""
+    lidar_beams: int = 16
+    """Beams (lasers) fired at once, one per elevation."""
+    lidar_vertical_fov_deg: Tuple[float, float] = (-15.0, 15.0)
+    """Elevations of the lowest and highest beam above the LiDAR's xy plane, the others evenly in between (a
+    VLP-16: 16 beams 2 deg apart)."""
+    lidar_columns: int = 360
+    """Firings (azimuths) per sweep, evenly spaced in angle and time: a scan has lidar_beams * lidar_columns rows,
+    column after column (row = column * lidar_beams + beam). Column k points at azimuth 2 pi k / lidar_columns
+    counter-clockwise about the LiDAR's z from its x axis (forward)."""
+    lidar_max_range_m: float = 150.0
+    """A beam whose hit is farther than this, or which hits nothing (sky, beyond the ground's edge), has no return:
+    its row is all zeros (t included)."""
+    lidar_noise_m: float = 0.01
+    """Standard deviation of the Gaussian range noise added to every return (along its beam)."""
+    lidar_clock_offset_ms: int = 0
+    """The LiDAR's clock runs this many milliseconds behind the RGB clock: a point measured at RGB-clock time T is
+    stamped T - offset (as depth_clock_offset_ms for depth frames), so it is placed with TPF(stamp + offset + t)."""
+    lidar_stamp: Literal["start", "end"] = "start"
+    """A scan's timestamp is the time of its first column ("start": t = k P / C in [0, P), P the sweep period, C
+    lidar_columns) or of its last ("end": t = -(C - 1 - k) P / C in (-P, 0]), k the column."""
     val_every: int = 8
     """Frames val_every/2, val_every/2 + val_every, ... of each stream go to val/, the rest to train/."""
     num_buildings: int = 18
@@ -123,8 +170,9 @@ class SceneSpec:
     4pi/3 for R, G, B, period = the capture's duration; so parts of the town flown over at different
     times are seen in different light, and cells trained apart disagree. 0: constant light."""
     num_movers: int = 0
-    """Cars driving along the streets (4.5 x 2 x 1.6 m boxes at 8-15 m/s), seen by the RGB camera only (the
-    depth track stays static, so depth supervision is not what moving objects are measured against)."""
+    """Cars driving along the streets (4.5 x 2 x 1.6 m boxes at 8-15 m/s), seen by the RGB camera and the LiDAR (each
+    LiDAR column sees them where they are at that column's time) but not by the depth track (it stays static, so
+    depth supervision is not what moving objects are measured against)."""
     write_masks: bool = True
     """With movers: write masks/STEM.png for RGB frames that see one (0 where a car covers any part of a
     pixel), nerfstudio's convention."""
@@ -450,15 +498,21 @@ class Movers:
 
     def boxes(self, t: float) -> Tuple[np.ndarray, np.ndarray]:
         """(lo, hi) (n, 3) of the cars at time t."""
-        e = self.extent
-        along = (self.start + self.speed * t + e) % (2 * e) - e
-        centre = np.zeros((len(self.axis), 3))
-        centre[np.arange(len(self.axis)), self.axis] = along
-        centre[np.arange(len(self.axis)), 1 - self.axis] = self.line
+        lo, hi = self.boxes_at(np.array([t]))
+        return lo[0], hi[0]
+
+    def boxes_at(self, times: Float[np.ndarray, " k"]) -> Tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) (k, n, 3) of the cars at each of the times."""
+        e, n = self.extent, len(self.axis)
+        along = (self.start + self.speed * np.asarray(times, dtype=np.float64)[:, None] + e) % (2 * e) - e
+        rows = np.arange(n)
+        centre = np.zeros((len(along), n, 3))
+        centre[:, rows, self.axis] = along
+        centre[:, rows, 1 - self.axis] = self.line
         half = np.zeros_like(centre)
-        half[np.arange(len(self.axis)), self.axis] = self.SIZE_M[0] / 2
-        half[np.arange(len(self.axis)), 1 - self.axis] = self.SIZE_M[1] / 2
-        centre[:, 2] = half[:, 2] = self.SIZE_M[2] / 2
+        half[:, rows, self.axis] = self.SIZE_M[0] / 2
+        half[:, rows, 1 - self.axis] = self.SIZE_M[1] / 2
+        centre[..., 2] = half[..., 2] = self.SIZE_M[2] / 2
         return centre - half, centre + half
 
     def scene_at(self, scene: "Scene", t: float) -> "Scene":
@@ -584,6 +638,76 @@ def render_depth(scene: Scene, rotation: np.ndarray, position: np.ndarray, width
     return depth, label
 
 
+# -------------------------------------------------------------------------------------- lidar
+
+
+def lidar_period_ms(spec: SceneSpec) -> int:
+    """Duration of one sweep (and time from one scan's stamp to the next) in whole milliseconds."""
+    return int(round(1000 / spec.lidar_rate_hz))
+
+
+def lidar_column_times(spec: SceneSpec) -> Float[np.ndarray, " c"]:
+    """Time (s) of each column of a sweep relative to the scan's stamp: [0, P) if stamped at its start, (-P, 0] at
+    its end."""
+    step = lidar_period_ms(spec) / 1000 / spec.lidar_columns
+    k = np.arange(spec.lidar_columns)
+    return k * step if spec.lidar_stamp == "start" else -(spec.lidar_columns - 1 - k) * step
+
+
+def lidar_beam_dirs(spec: SceneSpec) -> Float[np.ndarray, "c b 3"]:
+    """Unit beam directions in the LiDAR frame (x forward, y left, z up) per column (azimuth) and beam (elevation)."""
+    azimuth = 2 * np.pi * np.arange(spec.lidar_columns) / spec.lidar_columns
+    elevation = np.deg2rad(np.linspace(*spec.lidar_vertical_fov_deg, spec.lidar_beams))
+    az, el = np.meshgrid(azimuth, elevation, indexing="ij")
+    return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+
+
+def simulate_lidar_scan(
+    scene: Scene, trajectory: Trajectory, movers: Movers | None, spec: SceneSpec, stamp: float, rng: np.random.Generator
+) -> Tuple[Float[np.ndarray, "n 4"], Int[np.ndarray, " n"]]:
+    """One sweep whose stamp falls at ``stamp`` (s after the first RGB frame, RGB clock): the (C*B, 4) float32 rows
+    x, y, z (LiDAR frame, metres, as the sensor measures them: not deskewed), t (s after the stamp), and the label of
+    each row (GROUND, TERRACE, BUILDING, MOVER, or SKY for a beam without a return, whose row is all zeros).
+
+    Column k fires at stamp + t_k (`lidar_column_times`) from where the rig is then (`Trajectory.pose`, the RGB
+    frames' trajectory, and `LIDAR_TO_CAMERA`); all its beams share that origin and time. Every column of the sweep
+    is cast at once (one ray per row, each with its own origin). The cars of ``movers`` are where they are at each
+    column's time. Range noise (`lidar_noise_m`) comes from ``rng``, one draw per row, return or not."""
+    t_col = lidar_column_times(spec)
+    rotation, position = trajectory.pose(stamp + t_col)
+    r_lc, t_lc = LIDAR_TO_CAMERA[:3, :3], LIDAR_TO_CAMERA[:3, 3]
+    d_lidar = lidar_beam_dirs(spec)
+    n_col, n_beam = d_lidar.shape[:2]
+    origins = np.repeat(position + rotation @ t_lc, n_beam, axis=0)
+    dirs = np.einsum("cij,cbj->cbi", rotation @ r_lc, d_lidar).reshape(-1, 3)
+    dist, box, _ = scene.intersect(origins, dirs)
+    label = np.where(box >= 0, scene.kind[np.maximum(box, 0)], SKY)
+    if movers is not None and len(movers.axis):
+        # A car (z in [0, 1.6 m]) can only come before a beam's static hit if that hit lies at car height or
+        # below (the ground, a wall's foot) or the beam goes down and hits nothing: only those beams are tested,
+        # against every car at once, each car where it is at the beam's column time.
+        lo, hi = movers.boxes_at(stamp + t_col)
+        column = np.repeat(np.arange(n_col), n_beam)
+        below = origins[:, 2] + np.where(np.isfinite(dist), dist, 0.0) * dirs[:, 2] <= Movers.SIZE_M[2] + 1e-6
+        beams = np.flatnonzero((dirs[:, 2] < 0) & (below | ~np.isfinite(dist)))
+        o, c = origins[beams, None, :], column[beams]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / dirs[beams, None, :]
+            t0, t1 = (lo[c] - o) * inv, (hi[c] - o) * inv
+            near = np.minimum(t0, t1).max(axis=-1)
+            far = np.maximum(t0, t1).min(axis=-1)
+        near = np.where((near <= far) & (near > 0), near, np.inf).min(axis=1)
+        closer = near < dist[beams]
+        dist[beams[closer]] = near[closer]
+        label[beams[closer]] = MOVER
+    noise = rng.normal(0.0, spec.lidar_noise_m, size=len(dist))
+    returned = (label != SKY) & (dist <= spec.lidar_max_range_m)
+    points = np.zeros((len(dist), 4), dtype=np.float32)
+    points[returned, :3] = d_lidar.reshape(-1, 3)[returned] * (dist + noise)[returned, None]
+    points[returned, 3] = np.repeat(t_col, n_beam)[returned]
+    return points, np.where(returned, label, SKY)
+
+
 # ------------------------------------------------------------------------------------- writing
 
 
@@ -614,6 +738,21 @@ def _validate(spec: SceneSpec) -> None:
         "the loop must stay off the town centre (orbit_radius_m > 2 * orbit_wobble_m + 1)":
             spec.orbit_radius_m > 2 * spec.orbit_wobble_m + 1,
     }
+    if spec.lidar:
+        track = spec.lidar_track
+        fov = spec.lidar_vertical_fov_deg
+        checks.update({
+            "lidar_track must be a folder-name suffix other than 'rgb' and the depth track's name":
+                bool(track) and track != "rgb" and track != spec.depth_track and not set("/\\") & set(track)
+                and not track.startswith("."),
+            "lidar_rate_hz must be in (0, 1000] (a sweep lasts at least 1 ms)": 0 < spec.lidar_rate_hz <= 1000,
+            "lidar_offset_s must be non-negative": spec.lidar_offset_s >= 0,
+            "lidar_beams and lidar_columns must be positive": min(spec.lidar_beams, spec.lidar_columns) > 0,
+            "lidar_vertical_fov_deg must be (lowest, highest) within (-90, 90)": -90 < fov[0] <= fov[1] < 90,
+            "lidar_max_range_m must be positive and lidar_noise_m non-negative":
+                spec.lidar_max_range_m > 0 and spec.lidar_noise_m >= 0,
+            "lidar_stamp must be 'start' or 'end'": spec.lidar_stamp in ("start", "end"),
+        })
     bad = [message for message, ok in checks.items() if not ok]
     if bad:
         raise ValueError(f"invalid SceneSpec: {'; '.join(bad)} (got {spec})")
@@ -630,6 +769,21 @@ def build(spec: SceneSpec) -> Tuple[Scene, Trajectory, np.random.Generator]:
 def build_movers(spec: SceneSpec) -> Movers:
     """The cars of a spec, from a fourth random stream (the town, path and times stay as without them)."""
     return Movers(spec, np.random.default_rng(np.random.SeedSequence(spec.seed).spawn(4)[3]))
+
+
+def lidar_rng(spec: SceneSpec) -> np.random.Generator:
+    """The LiDAR's range noise, from a fifth random stream (everything else stays as without the LiDAR)."""
+    return np.random.default_rng(np.random.SeedSequence(spec.seed).spawn(5)[4])
+
+
+def lidar_schedule_ms(spec: SceneSpec, rgb_end_ms: int) -> np.ndarray:
+    """RGB-clock times (ms after the first RGB frame) of the scans' stamps: one sweep per period from
+    lidar_offset_s on, each wholly within [0, rgb_end_ms]. The LiDAR's clock says these minus lidar_clock_offset_ms."""
+    period = lidar_period_ms(spec)
+    first = int(round(spec.lidar_offset_s * 1000))
+    count = max((rgb_end_ms - first - period) // period + 1, 0)
+    starts = first + period * np.arange(count, dtype=np.int64)
+    return starts if spec.lidar_stamp == "start" else starts + period
 
 
 def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool = False) -> Path:
@@ -662,6 +816,13 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
     if np.isin(stamp_ms, rgb_ms).any():
         raise ValueError(f"depth_clock_offset_ms={spec.depth_clock_offset_ms}: a depth stamp equals an RGB stamp")
     stems = {k: [f"{spec.start_time + ms / 1000:.3f}" for ms in v] for k, v in (("rgb", rgb_ms), ("depth", stamp_ms))}
+    lidar_ms = lidar_schedule_ms(spec, int(rgb_ms[-1])) if spec.lidar else np.zeros(0, dtype=np.int64)
+    if spec.lidar and len(lidar_ms) == 0:
+        raise ValueError(
+            f"lidar_offset_s={spec.lidar_offset_s}, lidar_rate_hz={spec.lidar_rate_hz}: no LiDAR sweep fits in the RGB "
+            f"time span ({rgb_ms[-1] / 1000:.3f} s)"
+        )
+    lidar_stems = [f"{spec.start_time + (ms - spec.lidar_clock_offset_ms) / 1000:.3f}" for ms in lidar_ms]
 
     rot_rgb, pos_rgb = trajectory.pose(rgb_ms / 1000)
     rot_depth, pos_depth = trajectory.pose(depth_ms / 1000)
@@ -683,9 +844,14 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
     k_rgb = intrinsics_for(spec.width, spec.height, spec.hfov_deg)
     k_depth = intrinsics_for(spec.depth_width, spec.depth_height, spec.depth_hfov_deg)
     track = spec.depth_track
+    lidar_subs = tuple(f"{sub}_{spec.lidar_track}" for sub in ("lidar", "metadata_lidar", "pose_gt_lidar"))
     for split in ("train", "val"):
         for sub in ("rgbs", "metadata", "pose_gt_rgb", f"depth_{track}", f"metadata_depth_{track}", f"pose_gt_{track}"):
             (out_dir / split / sub).mkdir(parents=True, exist_ok=True)
+        for sub in lidar_subs if spec.lidar else ():
+            (out_dir / split / sub).mkdir(parents=True, exist_ok=True)
+        if spec.lidar:
+            np.savetxt(out_dir / split / f"lidar_to_camera_{spec.lidar_track}.txt", LIDAR_TO_CAMERA, fmt="%.17g")
     torch.save({"origin_drb": torch.tensor(origin_drb, dtype=torch.float64), "pose_scale_factor": scale},
                out_dir / "coordinates.pt")
 
@@ -726,6 +892,18 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
         if len(depth_previews) < 4 and i % max(len(depth_ms) // 4, 1) == 0:
             depth_previews.append(depth)
 
+    lidar_labels = []
+    if spec.lidar:
+        rng_lidar = lidar_rng(spec)
+        rot_lidar, pos_lidar = trajectory.pose(lidar_ms / 1000)  # the rig at each scan's stamp (true time)
+    for i, stem in enumerate(lidar_stems):
+        points, label = simulate_lidar_scan(scene, trajectory, movers, spec, lidar_ms[i] / 1000, rng_lidar)
+        lidar_labels.append(label)
+        split = out_dir / split_of(i)
+        np.save(split / lidar_subs[0] / f"{stem}.npy", points)
+        torch.save({"timestamp": float(stem)}, split / lidar_subs[1] / f"{stem}.pt")
+        np.savetxt(split / lidar_subs[2] / f"{stem}.txt", c2w_drb(rot_lidar[i], pos_lidar[i]), fmt="%.17g")
+
     prior_t = np.linalg.norm(pos_depth - pos_rgb[nearest], axis=-1)
     prior_r = _rotation_error_deg(rot_depth, rot_rgb[nearest])
     speed = np.linalg.norm(np.diff(pos_rgb, axis=0), axis=-1) / (np.diff(rgb_ms) / 1000)
@@ -744,8 +922,13 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
                                            "frames_with_movers": int(np.count_nonzero(mover_fraction))}
     if spec.appearance_drift:
         summary["rgb_gain"] = {"min": gains.min(axis=0).tolist(), "max": gains.max(axis=0).tolist()}
+    spec_record = asdict(spec)
+    if spec.lidar:
+        summary["lidar"] = _lidar_summary(spec, trajectory, lidar_ms, lidar_labels)
+    else:  # the scene.json of a dataset without the LiDAR stays what it was before the LiDAR existed
+        spec_record = {key: value for key, value in spec_record.items() if not key.startswith("lidar")}
     description = {
-        "generator": "examples/make_scene.py", "spec": asdict(spec), "summary": summary,
+        "generator": "examples/make_scene.py", "spec": spec_record, "summary": summary,
         "town_frame": "metres, z up; p_town = M @ p_drb_metres with M = [[0,1,0],[0,0,-1],[-1,0,0]]",
         "boxes_town_m": {"lo": scene.lo.tolist(), "hi": scene.hi.tolist(), "kind": scene.kind.tolist(),
                          "kind_names": {GROUND: "ground", TERRACE: "terrace", BUILDING: "building", MOVER: "mover"}},
@@ -754,6 +937,25 @@ def generate_scene(out_dir: Path, spec: SceneSpec = SceneSpec(), overwrite: bool
     if spec.write_preview:
         write_preview(out_dir / "preview.png", previews, depth_previews)
     return out_dir
+
+
+def _lidar_summary(spec: SceneSpec, trajectory: Trajectory, lidar_ms: np.ndarray, labels: list) -> dict:
+    """Scans, returns and how far the rig moves and turns during one sweep (what deskewing corrects)."""
+    t_col = lidar_column_times(spec)
+    rot_first, pos_first = trajectory.pose(lidar_ms / 1000 + t_col[0])
+    rot_last, pos_last = trajectory.pose(lidar_ms / 1000 + t_col[-1])
+    moved = np.linalg.norm(pos_last - pos_first, axis=-1)
+    turned = _rotation_error_deg(rot_first, rot_last)
+    returned = np.array([np.mean(label != SKY) for label in labels])
+    summary = {
+        "num_scans": int(len(lidar_ms)), "rows_per_scan": int(spec.lidar_beams * spec.lidar_columns),
+        "return_fraction": {"min": float(returned.min()), "mean": float(returned.mean()), "max": float(returned.max())},
+        "sweep_translation_m": {"mean": float(moved.mean()), "max": float(moved.max())},
+        "sweep_rotation_deg": {"mean": float(turned.mean()), "max": float(turned.max())},
+    }
+    if spec.num_movers:
+        summary["mover_return_fraction"] = float(np.mean(np.concatenate(labels) == MOVER))
+    return summary
 
 
 def write_preview(path: Path, rgbs: list, depths: list) -> None:
