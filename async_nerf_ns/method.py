@@ -102,6 +102,7 @@ def async_nerf_small_config() -> AsyncNerfTrainerConfig:
     pipeline = config.pipeline
     pipeline.datamanager.train_num_rays_per_batch = 384
     pipeline.datamanager.train_num_depth_rays_per_batch = 128
+    pipeline.datamanager.train_num_lidar_rays_per_batch = 128
     pipeline.datamanager.eval_num_rays_per_batch = 1024
     pipeline.datamanager.partition = PartitionConfig(grid_dim=(2, 2))
     pipeline.appearance_match_rays = 1024  # 6 neighbour pairs of a 2x2 grid, 2 renders each: a few seconds on a CPU

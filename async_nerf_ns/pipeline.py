@@ -114,8 +114,10 @@ class AsyncNerfPipeline(VanillaPipeline):
         self.trained_cell_list = data.trained_cells
         self.depth_track = data.depth_track
         self.register_buffer("trained_cells", self._cell_mask(self.trained_cell_list, self.geometry.num_cells))
+        self.lidar_scans = data.lidar_scans
         self.stage1 = Stage1(
-            data.stage1, sorted(data.scene.depth_tracks), self.depth_track, config.datamanager.tpf, config.finetune_tpf, device
+            data.stage1, sorted({*data.scene.depth_tracks, *data.scene.lidar_tracks}), self.depth_track,
+            config.datamanager.tpf, config.finetune_tpf, device, lidar_scans=self.lidar_scans,
         )
         """The TPF(s) and clock offsets; its checkpoint keys stay at the pipeline's level (``tpf.*``, ...)."""
         self.register_state_dict_post_hook(_stage1_keys_unprefixed)
@@ -146,6 +148,7 @@ class AsyncNerfPipeline(VanillaPipeline):
             num_depth_frames=0 if self.depth_track is None else len(self.depth_track),
             depth_pose_source=self.config.datamanager.depth_poses,
             depth_trajectory=self.stage1.corrections,
+            lidar_trajectory=self.stage1.lidar_corrections,
             cell_training_pixels=data.cell_training_pixels(),
             boundary_margin=self.config.datamanager.partition.boundary_margin,
         )
@@ -247,6 +250,8 @@ class AsyncNerfPipeline(VanillaPipeline):
         if self.test_mode == "val" and self.depth_track is not None and data.config.depth_poses == "tpf":
             # A resumed run trains its depth rays at the saved stage-1 poses, whatever the cache holds.
             data.set_depth_poses(self.stage1.depth_poses(self.depth_track, "tpf"))
+        if self.test_mode == "val" and self.lidar_scans is not None and self.stage1.fitted is not None:
+            data.set_lidar_poses(self.stage1.fitted, self.stage1.time_offsets())  # the same for LiDAR rays
 
     def load_state_dict(self, state_dict, strict: Optional[bool] = True):  # type: ignore[override]
         """Always strict: a checkpoint that does not match (a missing cell, renamed keys) is an error,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -27,12 +28,20 @@ NS_TRAIN = [
 ASSEMBLED = Path("assembled") / "async-nerf-small" / "config.yml"
 
 E2E_SPEC = SceneSpec(num_rgb=64, width=64, height=48, depth_width=48, depth_height=36, write_preview=False)
+E2E_LIDAR_SPEC = dataclasses.replace(E2E_SPEC, lidar=True)
+"""The end-to-end test's scene: E2E_SPEC with the spinning LiDAR track (`make_scene --lidar`) as well."""
 
 
 @pytest.fixture(scope="session")
 def example_scene(tmp_path_factory) -> Path:
     """A generated aerial scene in the async-nerf layout (64 RGB frames at 64x48, one lidar track)."""
     return generate_scene(tmp_path_factory.mktemp("example") / "scene", E2E_SPEC)
+
+
+@pytest.fixture(scope="session")
+def example_lidar_scene(tmp_path_factory) -> Path:
+    """The example scene of ``example_scene`` with a LiDAR track too (64 RGB frames, a depth-image and a LiDAR track)."""
+    return generate_scene(tmp_path_factory.mktemp("example_lidar") / "scene", E2E_LIDAR_SPEC)
 
 
 def venv_env(threads: Optional[int] = None) -> dict:

@@ -8,7 +8,7 @@ from typing import Dict, List, Set
 
 PACKAGE = Path(__file__).resolve().parents[1] / "async_nerf_ns"
 LAYERS = [
-    "files", "layout", "trajectory", "partition", "shards", "convert", "data", "model",
+    "files", "layout", "trajectory", "lidar", "partition", "shards", "convert", "data", "model",
     "evaluation", "viewer", "pipeline", "engine", "method", "cluster", "check", "scripts",
 ]
 """Bottom to top: a module may import modules of its own layer or of layers below it."""

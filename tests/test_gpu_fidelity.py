@@ -24,7 +24,9 @@ from cuda_emulation import DeviceTensor, emulated_cuda, format_waits, host_value
 from stage3_trainer import close_writers, every_correction, set_up_trainer, train_step
 from examples.make_scene import SceneSpec, generate_scene
 
-SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False)
+SPEC = SceneSpec(num_rgb=32, width=32, height=24, depth_width=24, depth_height=18, write_preview=False, lidar=True,
+                 lidar_columns=90)
+"""A depth-image track and a LiDAR track: every step trains both kinds of depth rays."""
 HOST_BY_DESIGN = {
     "datamanager.train_dataset": "nerfstudio's datasets (images, cameras) live in host memory",
     "datamanager.eval_dataset": "nerfstudio's datasets (images, cameras) live in host memory",
@@ -33,6 +35,7 @@ HOST_BY_DESIGN = {
     "datamanager.depth_track": "the depth frames' files and stamps (host data, read at set-up)",
     "datamanager.depth_frames": "the poses in use, compared on the host when they are set again",
     "datamanager.geometry": "the partition's geometry, for writing shards at set-up (the model has its centroids)",
+    "datamanager._lidar_pose_fn": "a CPU copy of stage 1's TPF: it places the LiDAR rays at set-up, the same on every device",
     "datamanager.config": "options",
 }
 """What may stay in host memory, and why; everything else reachable from the pipeline is on the device."""
@@ -107,7 +110,7 @@ def test_a_training_step_on_the_emulated_gpu_waits_only_in_nerfstudio_and_torch(
     assert dtypes[:2] == [torch.float16, torch.float32]  # fp16 autocast on; the rays stay float32
     depth_rays = pipeline.datamanager.config.train_num_depth_rays_per_batch
     assert evaluated == [depth_rays] * 5, evaluated  # not the 384 RGB rays of each batch too (main 7bd303c)
-    assert {"depth_loss", "depth_pose_camera_opt_regularizer"} <= set(losses[-1])
+    assert {"depth_loss", "lidar_loss", "depth_pose_camera_opt_regularizer"} <= set(losses[-1])
     assert all(np.isfinite(v) for step in losses for v in step.values()), losses
     owners = {w.owner for w in waits}
     assert "ours" not in owners, format_waits([w for w in waits if w.owner == "ours"])

@@ -52,16 +52,20 @@ def check_dataset(data: Path, cache_dir: Optional[Path] = None, shard_dirs: Iter
     return report
 
 
+SHARD_SET_PREFIXES = ("rgb-", "depth-", "lidar-")
+"""Folder names of the shard sets (shards/format.py)."""
+
+
 def check_shard_root(report: Report, root: Path) -> None:
     referenced = set()
     partition = root / "partition.json"
     if partition.is_file():
         try:
             summary = json.loads(partition.read_text())
-            referenced = {Path(v).name for v in _strings(summary) if Path(v).name.startswith(("rgb-", "depth-"))}
+            referenced = {Path(v).name for v in _strings(summary) if Path(v).name.startswith(SHARD_SET_PREFIXES)}
         except (OSError, ValueError) as error:
             report.add("partition", partition, "warning", f"unreadable ({error})")
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(("rgb-", "depth-"))):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(SHARD_SET_PREFIXES)):
         if folder.name.endswith(".partial"):
             report.add("shard set", folder, "warning", "incomplete: its writing was interrupted (resumed by the next run) or is running")
             continue

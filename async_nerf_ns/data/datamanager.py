@@ -35,25 +35,40 @@ from torch import Tensor
 from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
 from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
 from async_nerf_ns.data.ray_generator import PinholeRayGenerator, training_ray_generator
-from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY
+from async_nerf_ns.data.ray_keys import (
+    CELL_BATCH_KEY,
+    DEPTH_BATCH_KEY,
+    DEPTH_FRAME_KEY,
+    LIDAR_DT_KEY,
+    LIDAR_RANGE_KEY,
+    LIDAR_SCAN_KEY,
+)
 from async_nerf_ns.data.scene_metadata import DepthTrackData
 from async_nerf_ns.data.stage1 import DepthPoseSource, Stage1Fit, frame_poses
 from async_nerf_ns.files.cache_dir import cache_dir
+from async_nerf_ns.lidar.poses import cpu_pose_function, lidar_poses_key
+from async_nerf_ns.lidar.rays import scan_rays
+from async_nerf_ns.lidar.scans import LidarScanSet, scan_row_counts
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
 from async_nerf_ns.shards.config import ShardConfig
 from async_nerf_ns.shards.sampler import CellRaySampler
-from async_nerf_ns.shards.sets import image_counts, write_depth_shards, write_rgb_shards
+from async_nerf_ns.shards.sets import image_counts, write_depth_shards, write_lidar_shards, write_rgb_shards
 from async_nerf_ns.trajectory.fit_cache import cached_fit, fit_key
 from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEstimate
 from async_nerf_ns.trajectory.timed_poses import nearest_in_time
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
+from async_nerf_ns.trajectory.lidar_offset import lidar_track_time_offsets
 from async_nerf_ns.trajectory.track_offsets import track_time_offsets
 
 POSE_TOLERANCE = 1e-6
 """Depth-frame poses that differ from the ones in use by at most this (scene units, and rotation matrix
 entries) are the same poses: a TPF evaluated on another device, or rebuilt from a checkpoint, differs by
 float rounding (~1e-7), which must not rebuild the rays or rewrite the depth shards."""
+
+LIDAR_PIXEL_AREA = 1e-5
+"""The ray footprint nerfstudio's RayBundle asks for, for LiDAR rays: a beam of ~3 mrad divergence (its square).
+nerfacto's fields sample points and do not use it."""
 
 UNUSED_OPTIONS = ("train_num_images_to_sample_from", "train_num_times_to_repeat_images", "patch_size")
 """VanillaDataManagerConfig options that training here does not use (it samples per-cell shards,
@@ -79,6 +94,11 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     """Eval batches drawn from those images before another set is loaded."""
     train_num_depth_rays_per_batch: int = 1024
     """Rays from depth frames per training step, same cell (0: no depth supervision)."""
+    train_num_lidar_rays_per_batch: int = 1024
+    """Rays from LiDAR returns per training step, same cell (0: no LiDAR supervision)."""
+    lidar_deskew: bool = True
+    """Place every LiDAR point at the pose of its own time (True), or every point of a scan at the scan's
+    stamp (False: a scan treated as instantaneous, as for sensors without per-point times)."""
     sampling_seed: int = 0
     """Seed of the training batches: batch s of cell k is a function of (seed, k, s)."""
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -90,11 +110,12 @@ class AsyncNerfDataManagerConfig(VanillaDataManagerConfig):
     tpf: TimePoseFunctionConfig = field(default_factory=TimePoseFunctionConfig)
     """The time-pose function fitted in stage 1."""
     depth_time_offset: Optional[Dict[str, float]] = None
-    """TRACK SECONDS [TRACK SECONDS ...]: the clock offset of each depth track to the RGB clock, added to its
-    stamps: a depth frame's pose is TPF(stamp + offset). Tracks not named: 0. With time_offset.estimate,
+    """TRACK SECONDS [TRACK SECONDS ...]: the clock offset of each depth or LiDAR track to the RGB clock, added
+    to its stamps: a depth frame's pose is TPF(stamp + offset), a LiDAR point's TPF(stamp + t + offset).
+    Tracks not named: 0. With time_offset.estimate,
     the search is centred on it and it is kept unless the data determines another value."""
     time_offset: TimeOffsetConfig = TimeOffsetConfig()
-    """Estimating each depth track's clock offset in stage 1 (depth_poses=tpf)."""
+    """Estimating each depth track's (depth_poses=tpf) and LiDAR track's clock offset in stage 1."""
     shards: ShardConfig = field(default_factory=ShardConfig)
     """The per-cell ray shards on disk."""
 
@@ -155,6 +176,8 @@ class AsyncNerfDataManager(VanillaDataManager):
         """What stage 1 fitted at set-up (training, depth_poses=tpf): the pipeline's ``Stage1`` holds it."""
         self.depth_frames: Optional[DepthFrameSet] = None
         """The training depth frames at the poses they are trained at (training only)."""
+        self._lidar_poses_key: Optional[str] = None
+        """What identifies the poses the training LiDAR rays were placed with (training only)."""
         self.train_pixel_sampler: Optional[CellRaySampler] = None  # type: ignore[assignment]
         """The training batches (nerfstudio's name: ns-export sets its num_rays_per_batch)."""
         self._last_draw = -1
@@ -171,6 +194,9 @@ class AsyncNerfDataManager(VanillaDataManager):
         )
         self.trained_cells = validated_cells(self.config.cells, self.geometry.num_cells)
         self.depth_track: Optional[DepthTrackData] = concat_tracks(scene) if scene.depth_tracks else None
+        self.lidar_scans: Optional[LidarScanSet] = (
+            LidarScanSet.from_tracks(scene.lidar_tracks, scene.pose_scale_factor) if scene.lidar_tracks else None
+        )
 
     def setup_train(self) -> None:
         """The partition, the ray generator and the training batches; for training (val mode) also
@@ -179,14 +205,18 @@ class AsyncNerfDataManager(VanillaDataManager):
         self.train_ray_generator = training_ray_generator(self.train_dataset.cameras.to(self.device))
         self._widths = self.train_dataset.cameras.width[:, 0].to(self.device)
         self._colour_shifts = torch.tensor([0, 8, 16], dtype=torch.int32, device=self.device)
-        if self.test_mode == "val" and self.depth_track is not None:
-            if self.config.depth_poses == "tpf":
+        if self.test_mode == "val" and (self.depth_track is not None or self.lidar_scans is not None):
+            if self.config.depth_poses == "tpf" or self.lidar_scans is not None:  # LiDAR points: always the TPF
                 self.stage1.tpf = self._stage1_tpf()
                 self.stage1.time_offsets = self._time_offsets(self.stage1.tpf)
             elif self.config.depth_time_offset:
                 CONSOLE.print(f"[yellow]--pipeline.datamanager.depth-time-offset applies to TPF poses only, not to depth_poses={self.config.depth_poses}")
-            poses = frame_poses(self.depth_track, self.config.depth_poses, self.stage1.tpf, self.stage1.applied_offsets())
-            self.set_depth_poses(poses)
+            if self.depth_track is not None:
+                poses = frame_poses(self.depth_track, self.config.depth_poses, self.stage1.tpf, self.stage1.applied_offsets())
+                self.set_depth_poses(poses)
+            if self.lidar_scans is not None:
+                assert self.stage1.tpf is not None
+                self.set_lidar_poses(self.stage1.tpf, self.stage1.applied_offsets())
         shard_sets = self.write_shards(existing_only=self.test_mode != "val")
         if shard_sets["rgb"] is None:
             CONSOLE.print(
@@ -201,6 +231,7 @@ class AsyncNerfDataManager(VanillaDataManager):
         if sampler.empty_cells:
             CONSOLE.print(f"[yellow]Cells {sampler.empty_cells} have no RGB pixels: they stay empty (untrained).")
         sampler.set_depth(shard_sets["depth"], self.config.train_num_depth_rays_per_batch)
+        sampler.set_lidar(shard_sets["lidar"], self.config.train_num_lidar_rays_per_batch)
         self.train_pixel_sampler = sampler
 
     def _stage1_tpf(self) -> FittedTPF:
@@ -213,21 +244,31 @@ class AsyncNerfDataManager(VanillaDataManager):
         )
 
     def _time_offsets(self, tpf: FittedTPF) -> Dict[str, TimeOffsetEstimate]:
-        """Every training depth track's clock offset: the given one, or estimated (cached with stage 1)."""
+        """Every training depth track's (depth_poses=tpf) and LiDAR track's clock offset: the given one, or
+        estimated (cached with stage 1)."""
         scene = self.scene
         given = dict(self.config.depth_time_offset or {})
-        unknown = sorted(set(given) - set(scene.depth_tracks))
+        known = sorted({*scene.depth_tracks, *scene.lidar_tracks})
+        unknown = sorted(set(given) - set(known))
         if unknown:
             raise ValueError(
-                f"--pipeline.datamanager.depth-time-offset names {unknown}, but the training split's depth tracks are "
-                f"{sorted(scene.depth_tracks)}"
+                f"--pipeline.datamanager.depth-time-offset names {unknown}, but the training split's depth and LiDAR "
+                f"tracks are {known}"
             )
         fit = fit_key(scene.rgb_timestamps.numpy(), self.train_dataset.cameras.camera_to_worlds.cpu(), self.config.tpf)
-        tracks = {name: scene.depth_tracks[name].frames for name in sorted(scene.depth_tracks)}
-        return track_time_offsets(
-            tracks, scene.pose_scale_factor, tpf.poses, self.config.time_offset, given,
-            cache=(self.cache_folder("stage1"), fit), label="Stage 1: ",
-        )
+        cache = (self.cache_folder("stage1"), fit)
+        estimates: Dict[str, TimeOffsetEstimate] = {}
+        if self.config.depth_poses == "tpf":
+            tracks = {name: scene.depth_tracks[name].frames for name in sorted(scene.depth_tracks)}
+            estimates.update(track_time_offsets(
+                tracks, scene.pose_scale_factor, tpf.poses, self.config.time_offset, given, cache=cache, label="Stage 1: ",
+            ))
+        if scene.lidar_tracks:
+            lidar = {name: scene.lidar_tracks[name] for name in sorted(scene.lidar_tracks)}
+            estimates.update(lidar_track_time_offsets(
+                lidar, scene.pose_scale_factor, tpf.poses, self.config.time_offset, given, cache=cache, label="Stage 1: ",
+            ))
+        return estimates
 
     @property
     def scene(self):
@@ -279,6 +320,35 @@ class AsyncNerfDataManager(VanillaDataManager):
         if self.train_pixel_sampler is not None:
             self.train_pixel_sampler.set_depth(self.write_shards()["depth"], self.config.train_num_depth_rays_per_batch)
 
+    def set_lidar_poses(self, tpf: FittedTPF, offsets: Dict[str, float]) -> None:
+        """The poses the training LiDAR rays are placed with: ``tpf`` (stage 1's) at each point's time plus its
+        track's clock offset. New poses write (or find) the LiDAR shards of their rays. Set-up time."""
+        assert self.lidar_scans is not None
+        scans = self.lidar_scans
+        track_offsets = {name: float(offsets.get(name, 0.0)) for name in scans.track_names}
+        pose_fn = cpu_pose_function(tpf)
+        key = lidar_poses_key(pose_fn.tpf, track_offsets, self.config.lidar_deskew)
+        if key == self._lidar_poses_key:
+            return
+        self._lidar_poses_key = key
+        self._lidar_pose_fn = pose_fn
+        self._lidar_scan_times = scans.scan_times(track_offsets)
+        nearest = nearest_in_time(self._lidar_scan_times, self.scene.rgb_timestamps.numpy())
+        self._lidar_appearance_index = torch.from_numpy(nearest).long().to(self.device)
+        """Per scan, the nearest RGB frame in time: its appearance embedding renders the LiDAR rays."""
+        if self.train_pixel_sampler is not None:
+            self.train_pixel_sampler.set_lidar(self.write_shards()["lidar"], self.config.train_num_lidar_rays_per_batch)
+
+    def lidar_scan_rays(self, index: int) -> np.ndarray:
+        """Training scan ``index``'s rays as LiDAR shard values (P, 8) at the poses set by `set_lidar_poses`."""
+        assert self.lidar_scans is not None
+        scans = self.lidar_scans
+        rays = scan_rays(
+            scans.points(index), float(self._lidar_scan_times[index]), scans.scans[index].lidar_to_camera,
+            self._lidar_pose_fn, scans.pose_scale_factor, deskew=self.config.lidar_deskew,
+        )
+        return rays.records()
+
     # --- shards ----------------------------------------------------------------------------------
     def write_shards(self, existing_only: bool = False) -> Dict[str, Optional[Path]]:
         """Writes (or finds) the RGB and depth shard sets of every cell; returns their folders
@@ -299,7 +369,15 @@ class AsyncNerfDataManager(VanillaDataManager):
                 self.shard_root, frames.cameras, [p for f in frames.track.frames for p in (f.depth_path, f.metadata_path)],
                 frames.ray_distance, frames.pose_scale_factor, self.geometry, self.config.partition, self.config.shards,
             )
-        return {"rgb": rgb, "depth": depth}
+        lidar = None
+        if self._lidar_poses_key is not None and self.config.train_num_lidar_rays_per_batch > 0:
+            scans = self.lidar_scans
+            assert scans is not None
+            lidar = write_lidar_shards(
+                self.shard_root, len(scans), self.lidar_scan_rays, int(scan_row_counts(scans).sum()),
+                [self._lidar_poses_key], scans.files(), self.geometry, self.config.partition, self.config.shards,
+            )
+        return {"rgb": rgb, "depth": depth, "lidar": lidar}
 
     def rgb_rays_for(self, records: np.ndarray) -> RayBundle:
         """RGB shard records (``image``, ``pixel`` fields) as rays of the train cameras, on the device."""
@@ -340,7 +418,26 @@ class AsyncNerfDataManager(VanillaDataManager):
                 bundle = concat_bundles(bundle, depth_bundle)
                 batch[DEPTH_FRAME_KEY] = d_indices[:, 0]
                 batch[DEPTH_BATCH_KEY] = packed[n:, 2:3].view(torch.float32)
+            lidar = self.train_pixel_sampler.sample_lidar(draw)
+            if lidar is not None and len(lidar):
+                bundle = concat_bundles(bundle, self._lidar_rays(lidar, device, batch))
         return bundle, batch
+
+    def _lidar_rays(self, records: np.ndarray, device: torch.device, batch: Dict) -> RayBundle:
+        """LiDAR shard records as rays on the device (one pinned copy, not waited for); fills the batch's
+        LiDAR keys (`data/ray_keys.py`)."""
+        host = torch.from_numpy(np.ascontiguousarray(records).view(np.int32).reshape(len(records), -1))
+        if device.type == "cuda":
+            host = host.pin_memory()
+        packed = host.to(device, non_blocking=True)
+        scan, values = packed[:, 0].long(), packed[:, 2:].view(torch.float32)
+        count = len(records)
+        batch[LIDAR_SCAN_KEY], batch[LIDAR_DT_KEY], batch[LIDAR_RANGE_KEY] = scan, values[:, 7], values[:, 6:7]
+        ones = torch.ones((count, 1), device=device)
+        return RayBundle(
+            origins=values[:, 0:3], directions=values[:, 3:6], pixel_area=ones * LIDAR_PIXEL_AREA,
+            camera_indices=self._lidar_appearance_index[scan][:, None], metadata={"directions_norm": ones},
+        )
 
 
 def concat_bundles(first: RayBundle, second: RayBundle) -> RayBundle:

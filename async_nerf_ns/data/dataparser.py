@@ -106,6 +106,7 @@ class AsyncNerfDataParser(DataParser):
             },
             origin_drb=torch.from_numpy(layout.coordinates.origin_drb.copy()),
             pose_scale_factor=layout.coordinates.pose_scale_factor,
+            lidar_tracks={name: list(scans) for name, scans in layout.splits[folder].lidar.items()},
         )
         s = self.config.scene_scale
         return DataparserOutputs(

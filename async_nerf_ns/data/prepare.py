@@ -16,7 +16,8 @@ from async_nerf_ns.data.datamanager import AsyncNerfDataManager
 def prepare_training_data(config) -> Dict[str, Any]:
     """Stage 1 and all cells' shards for an ``ns-train async-nerf*`` TrainerConfig; returns their locations.
 
-    Returns: ``rgb_shards``/``depth_shards`` (folders, depth None without depth frames), ``cells``
+    Returns: ``rgb_shards``/``depth_shards``/``lidar_shards`` (folders, None without depth frames or LiDAR
+    scans), ``cells``
     (trained cells that have pixels), ``empty_cells``, ``num_cells`` and the datamanager (for
     summaries: its ``geometry``, ``depth_frames``, ``train_dataset``).
     """
@@ -30,6 +31,7 @@ def prepare_training_data(config) -> Dict[str, Any]:
     return {
         "rgb_shards": shard_sets["rgb"],
         "depth_shards": shard_sets["depth"],
+        "lidar_shards": shard_sets["lidar"],
         "cells": list(sampler.cells),
         "empty_cells": list(sampler.empty_cells),
         "num_cells": datamanager.geometry.num_cells,

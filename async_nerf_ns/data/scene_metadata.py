@@ -1,4 +1,4 @@
-"""What the DataParser hands on beyond RGB cameras: depth tracks, timestamps, frames.
+"""What the DataParser hands on beyond RGB cameras: depth and LiDAR tracks, timestamps, frames.
 
 Lives in `DataparserOutputs.metadata["async_nerf"]`. Kept free of nerfstudio imports and made
 of plain dataclasses, tensors and paths, so nerfstudio can deep-copy it (InputDataset) and
@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from async_nerf_ns.layout import DepthFrame
+from async_nerf_ns.layout import DepthFrame, LidarScan
 from async_nerf_ns.layout.frames import DRB_TO_WORLD, stack_poses_world
 
 @dataclass
@@ -80,3 +80,5 @@ class AsyncNerfMetadata:
     """Metres per scene unit."""
     drb_to_world: Float[Tensor, "3 3"] = field(default_factory=lambda: torch.from_numpy(DRB_TO_WORLD).float())
     """p_world = drb_to_world @ p_drb (normalised DRB to nerfstudio world)."""
+    lidar_tracks: Dict[str, List[LidarScan]] = field(default_factory=dict)
+    """The split's LiDAR scans per track, each in time order (`async_nerf_ns/lidar`)."""

@@ -20,12 +20,14 @@ from torch import Tensor, nn
 
 from async_nerf_ns.data.depth_frames import frame_time_offsets
 from async_nerf_ns.data.scene_metadata import DepthTrackData
+from async_nerf_ns.lidar.corrections import LidarRayCorrections
+from async_nerf_ns.lidar.scans import LidarScanSet
 from async_nerf_ns.trajectory.finetune import TPFRayCorrections
 from async_nerf_ns.trajectory.time_offset import TimeOffsetEstimate
 from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 
 TIME_OFFSETS_KEY = "depth_time_offsets"
-"""(tracks, 3) float64 buffer, tracks in name order: the clock offset applied to each training depth
+"""(tracks, 3) float64 buffer, depth and LiDAR tracks together in name order: the clock offset applied to each training depth
 track, its estimate and the estimate's standard deviation, seconds (NaN: not estimated)."""
 STATE_NAMES = (TIME_OFFSETS_KEY, "tpf", "stage1_tpf")
 """A ``Stage1``'s buffer and submodules: the first part of each of its state keys."""
@@ -95,6 +97,7 @@ class Stage1(nn.Module):
         tpf_config: TimePoseFunctionConfig,
         finetune: bool,
         device: torch.device | str,
+        lidar_scans: Optional[LidarScanSet] = None,
     ) -> None:
         super().__init__()
         self.track_names: List[str] = list(track_names)
@@ -103,9 +106,15 @@ class Stage1(nn.Module):
         self._depth_track = depth_track
         self.register_module("tpf", None if fit.tpf is None else fit.tpf.to(device))
         self.register_module("stage1_tpf", None)
+        self._lidar_scans = lidar_scans
         self.corrections: Optional[TPFRayCorrections] = None
+        self.lidar_corrections: Optional[LidarRayCorrections] = None
+        """With ``finetune`` and LiDAR tracks: the training LiDAR rays' moves to the fine-tuned TPF."""
         if finetune and depth_track is not None:
             self.corrections = TPFRayCorrections(self.depth_times(depth_track))
+        if finetune and lidar_scans is not None:
+            self.lidar_corrections = LidarRayCorrections(lidar_scans.scan_times(self.time_offsets()))
+        if finetune and (depth_track is not None or lidar_scans is not None):
             if self.tpf is not None:
                 self.stage1_tpf, self.tpf = self.tpf, copy.deepcopy(self.tpf)
                 self._retarget()
@@ -118,7 +127,7 @@ class Stage1(nn.Module):
         return self.stage1_tpf if self.stage1_tpf is not None else self.tpf
 
     def time_offsets(self) -> Dict[str, float]:
-        """The clock offset (seconds) applied to each depth track: TPF(stamp + offset)."""
+        """The clock offset (seconds) applied to each depth and LiDAR track: TPF(stamp + offset)."""
         table = getattr(self, TIME_OFFSETS_KEY)
         return {name: float(table[row, 0]) for row, name in enumerate(self.track_names)}
 
@@ -133,10 +142,13 @@ class Stage1(nn.Module):
 
     def _retarget(self) -> None:
         """Freezes the fitted TPF and points the corrections from its poses to ``tpf``'s, on ``tpf``'s device."""
-        assert self.tpf is not None and self.stage1_tpf is not None and self.corrections is not None
+        assert self.tpf is not None and self.stage1_tpf is not None
         self.stage1_tpf.requires_grad_(False)
         self.stage1_tpf.to(self.tpf.position_centre.device)
-        self.corrections.retarget(self.tpf, self.stage1_tpf)
+        if self.corrections is not None:
+            self.corrections.retarget(self.tpf, self.stage1_tpf)
+        if self.lidar_corrections is not None:
+            self.lidar_corrections.retarget(self.tpf, self.stage1_tpf)
 
     def _take_saved_shapes(self, state_dict: Dict[str, Tensor], prefix: str, *_) -> None:
         """Before loading: each saved TPF is loaded into the one held when the shapes match (a resumed
@@ -156,7 +168,12 @@ class Stage1(nn.Module):
         """After loading: the fitted TPF frozen, the corrections following the loaded TPFs and clock offsets."""
         if self.stage1_tpf is not None:
             self.stage1_tpf.requires_grad_(False)
-        if self.corrections is not None and self.stage1_tpf is not None and self.tpf is not None:
-            assert self._depth_track is not None, "corrections are built for the training depth track"
-            self.corrections.timestamps = self.depth_times(self._depth_track)
-            self._retarget()
+        if self.stage1_tpf is not None and self.tpf is not None:
+            if self.corrections is not None:
+                assert self._depth_track is not None, "corrections are built for the training depth track"
+                self.corrections.timestamps = self.depth_times(self._depth_track)
+            if self.lidar_corrections is not None:
+                assert self._lidar_scans is not None
+                self.lidar_corrections.scan_times = self._lidar_scans.scan_times(self.time_offsets())
+            if self.corrections is not None or self.lidar_corrections is not None:
+                self._retarget()

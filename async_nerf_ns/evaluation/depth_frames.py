@@ -1,6 +1,6 @@
 """What ns-eval reports of the depth frames: the tracks' clock offsets, depth accuracy of the val frames,
 and the train/val frames' pose errors per pose source (prior, TPF, TPF without its clock offset, and
-after stage 3's refinement) against pose_gt."""
+after stage 3's refinement) against pose_gt; and of the LiDAR tracks (evaluation/lidar.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from async_nerf_ns.data.depth_frames import DepthFrameSet, concat_tracks
 from async_nerf_ns.data.scene_metadata import DepthTrackData
 from async_nerf_ns.data.stage1 import TIME_OFFSETS_KEY, DepthPoseSource, Stage1, frame_poses
 from async_nerf_ns.evaluation.depth import evaluate_depth_frames
+from async_nerf_ns.evaluation.lidar import lidar_metrics
 from async_nerf_ns.evaluation.poses import flat_pose_errors
+from async_nerf_ns.lidar.scans import LidarScanSet
 
 OFFSET_COLUMNS = ("depth_time_offset_s", "depth_time_offset_estimate_s", "depth_time_offset_std_s")
 """Metric names of the clock-offset table's columns (one entry per track and column that has a value)."""
@@ -40,6 +42,8 @@ def depth_and_pose_metrics(model, stage1: Stage1, data: AsyncNerfDataManager) ->
         if track is not None and _all_gt(track):
             poses = _pose_sources(model, stage1, configured, split, track)
             metrics.update(flat_pose_errors(f"depth_pose_{split}", poses, track.gt_c2w, scale))
+    val_scans = LidarScanSet.from_tracks(val_scene.lidar_tracks, scale) if val_scene.lidar_tracks else None
+    metrics.update(lidar_metrics(model, stage1, data.lidar_scans, val_scans))
     model.train(was_training)
     return metrics
 

@@ -1,4 +1,5 @@
-"""Depth supervision: expected ray termination against measured depth, both as ray distance in scene units."""
+"""Depth supervision: expected ray termination against measured depth, both as ray distance in scene units;
+and, for LiDAR rays, the free space a beam crossed before its return."""
 
 from __future__ import annotations
 
@@ -35,3 +36,20 @@ def depth_loss(
         raise ValueError(f"unknown depth loss kind {kind!r}; expected one of l1, log_l1, huber")
     weights = valid.to(errors.dtype)
     return (errors * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def free_space_loss(
+    weights: Float[Tensor, "n s 1"],
+    sample_ends: Float[Tensor, "n s 1"],
+    ranges: Float[Tensor, "n 1"],
+    margin: float,
+) -> Tensor:
+    """The rendering weight each ray puts on samples that end before ``(1 - margin) x`` its return's range,
+    averaged over the rays: a LiDAR beam saw nothing there, so a field that puts density there is wrong
+    even where its expected depth is right (a floater in front balanced by mass behind the surface).
+
+    Directions must be unit length (sample ends are then distances, as the ranges are). Only rays with a
+    return reach here (LiDAR shards hold returns only); a masked sum, no host synchronisation.
+    """
+    before = (sample_ends < ranges[:, None, :].to(sample_ends.dtype) * (1.0 - margin)).to(weights.dtype)
+    return (weights * before).sum(dim=(1, 2)).mean()

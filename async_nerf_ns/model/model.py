@@ -36,11 +36,20 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from torch import Tensor, nn
 from torch.nn import Parameter
 
-from async_nerf_ns.data.ray_keys import CELL_BATCH_KEY, DEPTH_BATCH_KEY, DEPTH_FRAME_KEY, depth_ray_start
+from async_nerf_ns.data.ray_keys import (
+    CELL_BATCH_KEY,
+    DEPTH_BATCH_KEY,
+    DEPTH_FRAME_KEY,
+    LIDAR_DT_KEY,
+    LIDAR_RANGE_KEY,
+    LIDAR_SCAN_KEY,
+    depth_ray_start,
+    lidar_ray_start,
+)
 from async_nerf_ns.model import occupancy
 from async_nerf_ns.model.occupancy import OccupancyConfig, OccupancyRenderer
 from async_nerf_ns.model.cells import Cell, CellSampler, CellSchedule, TrainingView
-from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss
+from async_nerf_ns.model.depth_loss import DepthLossKind, depth_loss, free_space_loss
 from async_nerf_ns.model.lpips import offline_lpips
 from async_nerf_ns.model.masked_metrics import kept_psnr, masked_prediction
 from async_nerf_ns.model.merged import CellRouter, MergedDensityFn, MergedField, in_viewer_thread
@@ -79,6 +88,15 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     it has had this many steps itself (each cell counts its own steps, as its schedules do)."""
     huber_delta: float = 0.01
     """With depth_loss_type huber: the error (scene units) where the loss turns from quadratic to linear."""
+    lidar_loss_mult: float = 0.1
+    """Weight of the depth loss on LiDAR rays (after depth_loss_warmup_steps; depth_loss_type's loss between
+    each LiDAR ray's expected termination and its return's range). Only rays with a return are trained on."""
+    lidar_free_space_mult: float = 0.0
+    """Weight of the free-space term on LiDAR rays: the rendering weight a ray puts before its return (a LiDAR
+    beam crossed that space unobstructed), summed per ray and averaged; 0: off."""
+    lidar_free_space_margin: float = 0.05
+    """The free-space term counts samples ending before (1 - this) x the return's range: the margin keeps the
+    surface itself (and the sampling's width around it) out of the penalty."""
     eval_appearance: Literal["average", "left-half"] = "average"
     """How ns-eval renders val images, which have no appearance embedding of their own: average (nerfstudio's:
     each cell's mean embedding) or left-half (Mega-NeRF's protocol: an embedding per image and cell fitted
@@ -193,6 +211,7 @@ class AsyncNerfModel(NerfactoModel):
             num_rgb=self.num_train_data,
             num_depth=int(self.kwargs.get("num_depth_frames", 0)),
             trajectory=self.kwargs.get("depth_trajectory"),
+            lidar_trajectory=self.kwargs.get("lidar_trajectory"),
         )
 
     @property
@@ -206,7 +225,8 @@ class AsyncNerfModel(NerfactoModel):
         when each cell has had 1/16 of the start step), and the rig's corrections for its depth rays."""
         cell = self.cells[batch[CELL_BATCH_KEY]]
         stage3 = cell.step_count > self.config.depth_pose_refine_start
-        return TrainingView(self, cell, self.camera_optimizer.for_batch(batch.get(DEPTH_FRAME_KEY), stage3))
+        lidar = (batch[LIDAR_SCAN_KEY], batch[LIDAR_DT_KEY]) if LIDAR_SCAN_KEY in batch else None
+        return TrainingView(self, cell, self.camera_optimizer.for_batch(batch.get(DEPTH_FRAME_KEY), stage3, lidar))
 
     def _nerfacto_for(self, batch: Optional[Dict]) -> "AsyncNerfModel | TrainingView":
         """What nerfacto's code runs on: a training batch's view in training, else the merged model."""
@@ -270,11 +290,25 @@ class AsyncNerfModel(NerfactoModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None):
         nerfacto = self._nerfacto_for(batch)
         loss_dict = NerfactoModel.get_loss_dict(nerfacto, self._rgb_part(outputs, batch), batch, metrics_dict)
+        if not isinstance(nerfacto, TrainingView):
+            return loss_dict
         target = batch.get(DEPTH_BATCH_KEY)
-        if isinstance(nerfacto, TrainingView) and target is not None and len(target) and self.config.depth_loss_mult > 0:
-            predicted = outputs["expected_depth"][depth_ray_start(batch) :]
+        if target is not None and len(target) and self.config.depth_loss_mult > 0:
+            predicted = outputs["expected_depth"][depth_ray_start(batch) : lidar_ray_start(batch)]
             loss = depth_loss(predicted, target.to(predicted.device), self.config.depth_loss_type, self.config.huber_delta)
             loss_dict["depth_loss"] = self.depth_loss_weight(nerfacto.cell.step_count) * loss
+        ranges = batch.get(LIDAR_RANGE_KEY)
+        if ranges is not None and len(ranges):
+            start = lidar_ray_start(batch)
+            warmup = min(1.0, nerfacto.cell.step_count / max(1, self.config.depth_loss_warmup_steps))
+            if self.config.lidar_loss_mult > 0:
+                predicted = outputs["expected_depth"][start:]
+                loss = depth_loss(predicted, ranges.to(predicted.device), self.config.depth_loss_type, self.config.huber_delta)
+                loss_dict["lidar_loss"] = self.config.lidar_loss_mult * warmup * loss
+            if self.config.lidar_free_space_mult > 0 and "weights_list" in outputs:
+                samples, weights = outputs["ray_samples_list"][-1][start:], outputs["weights_list"][-1][start:]
+                free = free_space_loss(weights, samples.frustums.ends, ranges, self.config.lidar_free_space_margin)
+                loss_dict["lidar_free_space_loss"] = self.config.lidar_free_space_mult * warmup * free
         return loss_dict
 
     def get_image_metrics_and_images(

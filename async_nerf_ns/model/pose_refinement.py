@@ -9,7 +9,9 @@ frame whose appearance embedding renders it, nothing else.
 
 Optionally (the pipeline's ``finetune_tpf``), a depth ray is first moved from its stage-1 pose to
 the current time-pose function's pose (``trajectory``, see trajectory/finetune.py), so that the
-depth loss fine-tunes the TPF too; the per-frame correction is applied on top of that.
+depth loss fine-tunes the TPF too; the per-frame correction is applied on top of that. LiDAR rays come
+last in a batch and are moved the same way, each at its point's own time (``lidar_trajectory``,
+lidar/corrections.py).
 
 Ray geometry stays float32 under mixed precision: the corrections are computed and applied with
 autocast off (as nerfstudio keeps a RayBundle's geometry float32), whatever precision the inputs
@@ -19,7 +21,7 @@ and no mixed-dtype ``index_copy`` (which CUDA refuses).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
@@ -27,10 +29,13 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.cameras.rays import RayBundle
 from torch import Tensor, nn
 
+from async_nerf_ns.lidar.corrections import LidarRayCorrections
 from async_nerf_ns.model.param_groups import DEPTH_POSE_GROUP
 
 Corrections = Callable[[Tensor], Tensor]
 """Frame indices (M,) -> 3x4 corrections (M, 3, 4)."""
+LidarRays = Tuple[Tensor, Tensor]
+"""A batch's LiDAR rays: their scans (L,) long and their points' times after the scans' stamps (L,) seconds."""
 
 
 def _apply(corrections: Tensor, origins: Tensor, directions: Tensor):
@@ -55,6 +60,7 @@ class RigPoseOptimizer(nn.Module):
         num_rgb: int,
         num_depth: int,
         trajectory: Optional[Corrections] = None,
+        lidar_trajectory: Optional[LidarRayCorrections] = None,
     ) -> None:
         super().__init__()
         self.rgb = rgb_config.setup(num_cameras=num_rgb, device="cpu")
@@ -62,6 +68,9 @@ class RigPoseOptimizer(nn.Module):
         self.trajectory = trajectory
         """Depth-frame indices -> 3x4 corrections from the stage-1 poses to the fine-tuned TPF's, when
         the pipeline fine-tunes the TPF (owned by the pipeline, which saves the TPF under ``tpf.*``)."""
+        self.lidar_trajectory = lidar_trajectory
+        """LiDAR rays -> moved to the fine-tuned TPF (same condition; `lidar/corrections.py`). LiDAR rays have no
+        per-scan corrections: a scan's points are tied to the trajectory at their own times."""
 
     def _depth_corrections(self) -> List[Corrections]:
         """The corrections applied to depth rays in stage 3, in order: TPF fine-tuning, per frame."""
@@ -72,28 +81,42 @@ class RigPoseOptimizer(nn.Module):
             corrections.append(self.depth)
         return corrections
 
-    def for_batch(self, depth_frames: Optional[Tensor], stage3: bool) -> "BatchPoseCorrections":
+    def for_batch(
+        self, depth_frames: Optional[Tensor], stage3: bool, lidar: Optional[LidarRays] = None
+    ) -> "BatchPoseCorrections":
         """The corrections of one training batch, called as nerfacto calls its camera optimiser."""
-        return BatchPoseCorrections(self, depth_frames, stage3)
+        return BatchPoseCorrections(self, depth_frames, stage3, lidar)
 
-    def apply_to_raybundle(self, ray_bundle: RayBundle, depth_frames: Optional[Tensor] = None, stage3: bool = False) -> None:
-        """Corrects a flat bundle's rays: its last ``len(depth_frames)`` rays are depth rays of those depth frames
-        (corrected in ``stage3`` only), the rays before them RGB rays (none are depth rays without ``depth_frames``)."""
+    def apply_to_raybundle(
+        self, ray_bundle: RayBundle, depth_frames: Optional[Tensor] = None, stage3: bool = False,
+        lidar: Optional[LidarRays] = None,
+    ) -> None:
+        """Corrects a flat bundle's rays: its last ``len(lidar[0])`` rays are LiDAR rays of those scans at those
+        times, the ``len(depth_frames)`` rays before them depth rays of those depth frames (both corrected in
+        ``stage3`` only), the rays before them RGB rays."""
+        num_lidar = 0 if lidar is None else len(lidar[0])
         num_depth = 0 if depth_frames is None else len(depth_frames)
-        first = ray_bundle.origins.shape[0] - num_depth
+        total = ray_bundle.origins.shape[0]
+        first, lidar_first = total - num_depth - num_lidar, total - num_lidar
         rgb_on = self.rgb.config.mode != "off"
         depth_corrections = self._depth_corrections() if stage3 and num_depth else []
-        if not rgb_on and not depth_corrections:
+        lidar_on = stage3 and num_lidar > 0 and self.lidar_trajectory is not None
+        if not rgb_on and not depth_corrections and not lidar_on:
             return
         with torch.autocast(device_type=ray_bundle.origins.device.type, enabled=False):
             origins, directions = ray_bundle.origins.float(), ray_bundle.directions.float()
             rgb_o, rgb_d = origins[:first], directions[:first]
             if rgb_on:
                 rgb_o, rgb_d = _apply(self.rgb(ray_bundle.camera_indices[:first, 0]), rgb_o, rgb_d)
-            depth_o, depth_d = origins[first:], directions[first:]
+            depth_o, depth_d = origins[first:lidar_first], directions[first:lidar_first]
             for corrections in depth_corrections:
                 depth_o, depth_d = _apply(corrections(depth_frames), depth_o, depth_d)
-        ray_bundle.origins, ray_bundle.directions = torch.cat([rgb_o, depth_o]), torch.cat([rgb_d, depth_d])
+            lidar_o, lidar_d = origins[lidar_first:], directions[lidar_first:]
+            if lidar_on:
+                assert lidar is not None and self.lidar_trajectory is not None
+                lidar_o, lidar_d = self.lidar_trajectory(lidar[0], lidar[1], lidar_o, lidar_d)
+        ray_bundle.origins = torch.cat([rgb_o, depth_o, lidar_o])
+        ray_bundle.directions = torch.cat([rgb_d, depth_d, lidar_d])
 
     def apply_to_camera(self, camera: Cameras) -> Tensor:
         return self.rgb.apply_to_camera(camera)
@@ -136,11 +159,13 @@ class BatchPoseCorrections:
     """A `RigPoseOptimizer` for one training batch: its depth rays' frames and whether its cell is in stage 3,
     behind the calls nerfacto makes to its camera optimiser."""
 
-    def __init__(self, rig: RigPoseOptimizer, depth_frames: Optional[Tensor], stage3: bool) -> None:
-        self.rig, self.depth_frames, self.stage3 = rig, depth_frames, stage3
+    def __init__(
+        self, rig: RigPoseOptimizer, depth_frames: Optional[Tensor], stage3: bool, lidar: Optional[LidarRays] = None
+    ) -> None:
+        self.rig, self.depth_frames, self.stage3, self.lidar = rig, depth_frames, stage3, lidar
 
     def apply_to_raybundle(self, ray_bundle: RayBundle) -> None:
-        self.rig.apply_to_raybundle(ray_bundle, self.depth_frames, self.stage3)
+        self.rig.apply_to_raybundle(ray_bundle, self.depth_frames, self.stage3, self.lidar)
 
     def get_loss_dict(self, loss_dict: Dict) -> None:
         self.rig.get_loss_dict(loss_dict, self.stage3)

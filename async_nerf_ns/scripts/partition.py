@@ -8,7 +8,7 @@ Takes the command line of ``ns-train`` (method, then any of its options; those t
 the data are ignored) and writes, in the shard folder (``--pipeline.datamanager.shards.shard-dir``,
 default DATA/.async_nerf_cache/shards):
 
-- ``rgb-KEY/`` and ``depth-KEY/``: the shard sets training reads (format: async_nerf_ns/shards/format.py);
+- ``rgb-KEY/``, ``depth-KEY/`` and ``lidar-KEY/``: the shard sets training reads (format: async_nerf_ns/shards/format.py);
 - ``partition.json``: the grid, margin, altitude band (metres and scene units), centroids in the
   layout's normalised DRB frame, per cell its RGB/depth records and images, and the shard folders;
 - ``partition.png``: a top view of cells, overlaps, centroids, cameras and per-cell counts.
@@ -54,6 +54,7 @@ def partition(config) -> Dict[str, Any]:
     geometry = datamanager.geometry
     rgb = _per_cell(prepared["rgb_shards"])
     depth = _per_cell(prepared["depth_shards"]) if prepared["depth_shards"] is not None else None
+    lidar = _per_cell(prepared["lidar_shards"]) if prepared["lidar_shards"] is not None else None
     zeros = [0] * geometry.num_cells
     centroids_drb = geometry.centroids_drb()
     n1 = geometry.grid_dim[1]
@@ -68,6 +69,8 @@ def partition(config) -> Dict[str, Any]:
             "rgb_shard_bytes": rgb["bytes"][k],
             "depth_pixels": (depth["records"] if depth else zeros)[k],
             "depth_frames": (depth["images"] if depth else zeros)[k],
+            "lidar_returns": (lidar["records"] if lidar else zeros)[k],
+            "lidar_scans": (lidar["images"] if lidar else zeros)[k],
         }
         for k in range(geometry.num_cells)
     ]
@@ -90,6 +93,7 @@ def partition(config) -> Dict[str, Any]:
         "depth_poses": config.pipeline.datamanager.depth_poses,
         "rgb_shards": str(prepared["rgb_shards"]),
         "depth_shards": None if prepared["depth_shards"] is None else str(prepared["depth_shards"]),
+        "lidar_shards": None if prepared["lidar_shards"] is None else str(prepared["lidar_shards"]),
         "rgb_write_megapixels_per_second": rgb["write_megapixels_per_second"],
         "cells": cells,
         "empty_cells": prepared["empty_cells"],

@@ -1,12 +1,15 @@
 """On-disk format of ray shards.
 
-A *shard set* is one folder ``<kind>-<key>/`` (kind ``rgb`` or ``depth``; key = hash of everything
+A *shard set* is one folder ``<kind>-<key>/`` (kind ``rgb``, ``depth`` or ``lidar``; key = hash of everything
 that decides its content) holding, per cell ``k``, chunk files ``cell_<k>/chunk_<c>.bin``: raw
 little-endian records, no header (``numpy.fromfile(path, dtype)``):
 
 - RGB record, 11 bytes: ``image`` uint32, ``pixel`` uint32 (row * W + column), ``rgb`` 3 x uint8;
 - depth record, 12 bytes: ``image`` uint32, ``pixel`` uint32, ``depth`` float32 (distance along the
-  ray, scene units).
+  ray, scene units);
+- LiDAR record, 40 bytes: ``image`` uint32 (the scan), ``pixel`` uint32 (the return's index among the
+  scan's returns), ``lidar`` 8 x float32: the ray's origin (3) and unit direction (3) in the world at the
+  pose of the point's own time, its range (scene units) and the point's time after its scan's stamp (s).
 
 Records are shuffled when written (a shuffle buffer dealt over all of a cell's chunks), so every chunk
 is a random sample of the cell's pixels of all images. ``manifest.json`` is written last, atomically:
@@ -29,7 +32,8 @@ IMAGE_COUNTS = "image_counts.npy"
 
 RGB_RECORD = np.dtype([("image", "<u4"), ("pixel", "<u4"), ("rgb", "u1", (3,))])
 DEPTH_RECORD = np.dtype([("image", "<u4"), ("pixel", "<u4"), ("depth", "<f4")])
-RECORDS = {"rgb": RGB_RECORD, "depth": DEPTH_RECORD}
+LIDAR_RECORD = np.dtype([("image", "<u4"), ("pixel", "<u4"), ("lidar", "<f4", (8,))])
+RECORDS = {"rgb": RGB_RECORD, "depth": DEPTH_RECORD, "lidar": LIDAR_RECORD}
 
 
 def cell_folder(shard_set: Path, cell: int) -> Path:

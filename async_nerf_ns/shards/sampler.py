@@ -17,7 +17,7 @@ import numpy as np
 from async_nerf_ns.shards.format import read_manifest
 from async_nerf_ns.shards.reader import CellRays
 
-RGB_STREAM, DEPTH_STREAM = 0, 1
+RGB_STREAM, DEPTH_STREAM, LIDAR_STREAM = 0, 1, 2
 
 
 class CellRaySampler:
@@ -44,6 +44,8 @@ class CellRaySampler:
         if not self.cells:
             raise RuntimeError(f"none of the cells {cells} sees any training pixel ({self.rgb_set})")
         self.depth_set: Optional[Path] = None
+        self.lidar_set: Optional[Path] = None
+        self.num_lidar_rays_per_batch = 0
         self._readers: Dict[Tuple[int, int], CellRays] = {}
 
     def set_depth(self, depth_set: Optional[Path], num_depth_rays_per_batch: int) -> None:
@@ -53,12 +55,21 @@ class CellRaySampler:
         self.depth_set = None if depth_set is None else Path(depth_set)
         self.num_depth_rays_per_batch = num_depth_rays_per_batch if depth_set is not None else 0
 
+    def set_lidar(self, lidar_set: Optional[Path], num_lidar_rays_per_batch: int) -> None:
+        """LiDAR shards (at the poses training uses) and LiDAR rays per draw; None: no LiDAR rays."""
+        for key in [k for k in self._readers if k[0] == LIDAR_STREAM]:
+            self._readers.pop(key).close()
+        self.lidar_set = None if lidar_set is None else Path(lidar_set)
+        self.num_lidar_rays_per_batch = num_lidar_rays_per_batch if lidar_set is not None else 0
+
     def _reader(self, stream: int, cell: int) -> CellRays:
         key = (stream, cell)
         if key not in self._readers:
-            shard_set = self.rgb_set if stream == RGB_STREAM else self.depth_set
+            shard_set = (self.rgb_set, self.depth_set, self.lidar_set)[stream]
             assert shard_set is not None
-            self._readers[key] = CellRays(shard_set, cell, seed=self.seed * 2 + stream, prefetch=self.prefetch)
+            # The streams' seeds: 2s and 2s + 1 for RGB and depth (as before LiDAR existed), 2s + 2^31 for LiDAR.
+            seed = self.seed * 2 + stream if stream != LIDAR_STREAM else self.seed * 2 + 2**31
+            self._readers[key] = CellRays(shard_set, cell, seed=seed, prefetch=self.prefetch)
         return self._readers[key]
 
     def cell_of(self, draw: int) -> int:
@@ -75,6 +86,13 @@ class CellRaySampler:
         if self.depth_set is not None and self.num_depth_rays_per_batch > 0:
             depth = self._reader(DEPTH_STREAM, cell).batch(local, self.num_depth_rays_per_batch)
         return cell, rgb, depth
+
+    def sample_lidar(self, draw: int) -> Optional[np.ndarray]:
+        """The LiDAR records of draw number ``draw`` (same cell as `sample`'s), or None without LiDAR rays."""
+        if self.lidar_set is None or self.num_lidar_rays_per_batch <= 0:
+            return None
+        cell = self.cell_of(draw)
+        return self._reader(LIDAR_STREAM, cell).batch(draw // len(self.cells), self.num_lidar_rays_per_batch)
 
     def close(self) -> None:
         for reader in self._readers.values():

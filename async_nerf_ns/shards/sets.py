@@ -2,7 +2,8 @@
 
 RGB: every training image's pixels, each with the cells its ray crosses (the partition's cluster
 masks), as (image, pixel, RGB) records; pixels a user's mask (masks/STEM.png) sets to 0 are left out. Depth: every depth frame's measured pixels at the poses the
-depth frames are trained at (the TPF's by default), as (frame, pixel, distance along the ray).
+depth frames are trained at (the TPF's by default), as (frame, pixel, distance along the ray). LiDAR:
+every return of every scan as a world ray at the poses of its points' own times (`lidar/rays.py`).
 A set's key hashes everything that decides its content (cameras and poses, image files, partition,
 shard sizes), so a rerun with the same inputs reuses it and any change gives a new set.
 """
@@ -21,8 +22,8 @@ from nerfstudio.cameras.cameras import Cameras
 from async_nerf_ns.files.keys import content_key, file_identity
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry
-from async_nerf_ns.partition.key import membership_key
-from async_nerf_ns.partition.masks import DeviceLike, ImageCellMembership, membership_device
+from async_nerf_ns.partition.key import MEMBERSHIP_RULE_VERSION, membership_key
+from async_nerf_ns.partition.masks import DeviceLike, ImageCellMembership, membership_device, ray_cell_membership
 from async_nerf_ns.shards.config import ShardConfig
 from async_nerf_ns.shards.format import FORMAT, IMAGE_COUNTS, is_complete
 from async_nerf_ns.shards.writer import ShardLayout, chunks_for, write_shard_set
@@ -194,6 +195,56 @@ def write_depth_shards(
             )
     finally:
         distances.close()
+
+
+def write_lidar_shards(
+    root: Path,
+    num_scans: int,
+    scan_rays: Callable[[int], np.ndarray],
+    total_returns: int,
+    key_parts: Sequence[Any],
+    files: Sequence[Path],
+    geometry: PartitionGeometry,
+    partition: PartitionConfig,
+    shards: ShardConfig,
+    device: DeviceLike = None,
+) -> Path:
+    """The LiDAR shard set of these scans at these poses; returns its folder.
+
+    ``scan_rays(i)``: scan i's rays as (P, 8) float32 values (`lidar/rays.py` ScanRays.records: world origin,
+    unit direction, range, dt); every return is one record. A ray's cells are those its line crosses within
+    the altitude band (the rule RGB and depth pixels follow, `partition.masks.ray_cell_membership`).
+    ``key_parts`` identify the poses the rays were placed with (the TPF's state, the clock offsets, deskewing)."""
+    key = content_key(
+        f"{FORMAT}|lidar|{MEMBERSHIP_RULE_VERSION}|{tuple(float(z) for z in geometry.z_range)}|{float(geometry.max_ray_length)}|"
+        f"{float(partition.boundary_margin)}|{partition.membership}|"
+        f"{partition.samples_per_ray if partition.membership == 'sampled' else ''}",
+        geometry.centroids, *key_parts, file_identity(files),
+        f"{shards.chunk_records}|{shards.shuffle_buffer_records}|{shards.seed}",
+    )
+    target = Path(root) / f"lidar-{key}"
+    if is_complete(target):
+        return target
+    device = torch.device("cuda") if device is None and torch.cuda.is_available() else torch.device(device or "cpu")
+
+    def image_pixels(index: int):
+        values = scan_rays(index)
+        if geometry.num_cells == 1:
+            return np.ones((1, len(values)), dtype=bool), values
+        rays = torch.from_numpy(values[:, :6].astype(np.float32)).to(device)
+        cells = ray_cell_membership(
+            rays[:, :3], rays[:, 3:6], geometry.centroids.to(device), geometry.z_range, partition.boundary_margin,
+            partition.samples_per_ray, far=float(geometry.max_ray_length), chunk_rays=partition.chunk_rays,
+            membership=partition.membership,
+        )
+        return cells.T.cpu().numpy(), values
+
+    layout = ShardLayout(geometry.num_cells, num_scans, chunks_for(total_returns, shards.chunk_records), shards.shuffle_buffer_records)
+    with _one_torch_thread(device):
+        return write_shard_set(
+            target, "lidar", layout, image_pixels, shards.seed, "LiDAR ray shards",
+            extra={**_partition_extra(geometry, partition), "inputs": input_files(files)},
+        )
 
 
 def _partition_extra(geometry: PartitionGeometry, partition: PartitionConfig) -> Dict[str, Any]:
