@@ -104,13 +104,15 @@ def _plot_errors(axis, depth: Sequence[DepthStream], t0: float) -> None:
             )
     axis.set_xlabel(f"time (s) since {t0:.3f}")
     axis.set_ylabel("translation error (m)")
-    axis.set_title("depth frames: error vs true pose")
+    axis.set_title("depth frames and LiDAR scans: error vs true pose")
     axis.legend(fontsize=7, loc="best")
 
 
-def plot_offset_search(path: Path, estimates, title: str = "depth clock offset") -> None:
-    """Writes a PNG: per depth track, the estimator's cost against the offset (ms), with the estimate and
-    its uncertainty, the given offset and the one applied (``estimates``: TimeOffsetEstimate)."""
+def plot_offset_search(path: Path, estimates, title: str = "clock offsets") -> None:
+    """Writes a PNG: per depth or LiDAR track, the estimator's cost against the offset (ms), with the estimate
+    and its uncertainty, the given offset and the one applied (``estimates``: TimeOffsetEstimate). Both kinds
+    of cost are relative disagreements (depth: of overlapping depth maps; LiDAR: of a scan's points from the
+    next scans' surface, per metre of range), so they share one axis."""
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for estimate in estimates:
         if not estimate.curve_costs:
@@ -124,8 +126,8 @@ def plot_offset_search(path: Path, estimates, title: str = "depth clock offset")
                          label=f"{estimate.track}: estimate {centre:+.1f} ms (+-3 std shaded)")
         axis.axvline(estimate.given_s * 1000, color=line.get_color(), ls=":", lw=1.0,
                      label=f"{estimate.track}: given {estimate.given_s * 1000:+.1f} ms, applied {estimate.applied_s * 1000:+.1f} ms")
-    axis.set_xlabel("clock offset added to the depth stamps (ms)")
-    axis.set_ylabel("mean truncated relative depth disagreement")
+    axis.set_xlabel("clock offset added to the track's stamps (ms)")
+    axis.set_ylabel("mean truncated relative disagreement")
     axis.set_title(title)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -1,11 +1,16 @@
-"""The time-pose function on a dataset: fit it, pose every depth frame, measure it and the baselines.
+"""The time-pose function on a dataset: fit it, pose every depth frame and LiDAR scan, measure it and the baselines.
 
 What ``async-nerf-tpf`` does (the command is a thin front end): a dataset in the layout (train RGB
-frames fitted; train/val depth frames posed and measured against pose_gt; val RGB frames held out)
-or an upstream Async-NeRF pose folder (every ``hold_out_every``-th RGB pose held out) becomes a
-`Problem`; `fit_and_report` fits the TPF, compares it with linear + SLERP, the cubic spline and the
-metadata prior, estimates each depth track's clock offset (`time_offset.py`) and writes the poses,
-``pose_errors.json``, ``trajectory.png`` and ``time_offset.png``.
+frames fitted; train/val depth frames and LiDAR scans posed at their stamps and measured against
+pose_gt; val RGB frames held out) or an upstream Async-NeRF pose folder (every ``hold_out_every``-th
+RGB pose held out) becomes a `Problem`; `fit_and_report` fits the TPF, compares it with linear + SLERP,
+the cubic spline and the metadata prior, estimates each depth track's and LiDAR track's clock offset
+(`track_offsets.py`, `lidar_offset.py`) and writes the poses, ``pose_errors.json``, ``trajectory.png``
+and ``time_offset.png``. Parts of the report that need layers above this one (the LiDAR deskew view,
+`lidar/deskew.py`) are handed in by the command as ``extras``.
+
+Poses are in the layout's own frame throughout (normalised DRB, as the layout's files): the TPF is
+fitted to the train RGB ``c2w`` as read and every written pose is in that frame.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,16 +27,17 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.table import Table
 
 from async_nerf_ns.files.atomic import write_json_atomic
-from async_nerf_ns.layout import DatasetLayout, DepthFrame, LayoutError, read_layout
+from async_nerf_ns.layout import DatasetLayout, DepthFrame, LayoutError, LidarScan, read_layout
 from async_nerf_ns.layout.frames import drb_points_to_world
 from async_nerf_ns.layout.pose_files import PoseFileError, is_upstream_sequence, read_upstream_sequence, write_pose_txt
 from async_nerf_ns.trajectory.baselines import CubicSplineInterp, LinearSlerp
 from async_nerf_ns.trajectory.fit import fit_tpf
+from async_nerf_ns.trajectory.lidar_offset import lidar_track_time_offsets
 from async_nerf_ns.trajectory.metrics import pose_errors, summary_only
 from async_nerf_ns.trajectory.plot import DepthStream, plot_offset_search, plot_trajectory
 from async_nerf_ns.trajectory.time_offset import TimeOffsetConfig, TimeOffsetEstimate
 from async_nerf_ns.trajectory.timed_poses import split_every
-from async_nerf_ns.trajectory.tpf import TimePoseFunctionConfig
+from async_nerf_ns.trajectory.tpf import FittedTPF, TimePoseFunctionConfig
 from async_nerf_ns.trajectory.track_offsets import track_time_offsets
 
 METHODS = ("tpf", "tpf_without_offset", "linear_slerp", "cubic_spline", "prior")
@@ -52,9 +58,11 @@ class PoseSet:
     homogeneous: bool = False
     """Write 4x4 instead of 3x4."""
     track: Optional[str] = None
-    """The depth track of these frames (their clock offset applies), None for RGB frames."""
+    """The depth or LiDAR track of these frames (their clock offset applies), None for RGB frames."""
     frames: Optional[List[DepthFrame]] = None
     """The layout's depth frames (train split: the clock offset is estimated from them)."""
+    scans: Optional[List[LidarScan]] = None
+    """The layout's LiDAR scans (train split: the clock offset is estimated from them; deskew view)."""
 
 
 @dataclass
@@ -115,7 +123,10 @@ def _stream(
 
 
 def layout_problem(layout: DatasetLayout) -> Problem:
-    """The fitting problem of a dataset in our layout: train RGB (timestamp, pose) pairs and depth sets."""
+    """The fitting problem of a dataset in our layout: train RGB (timestamp, pose) pairs, depth and LiDAR sets.
+
+    A LiDAR scan is posed at its stamp (plus its track's clock offset): the camera's pose there is what
+    `pose_gt_lidar_TRACK/` gives; its set is ``SPLIT/lidar_TRACK``, written to ``poses_SPLIT_lidar_TRACK/``."""
     train = layout.splits["train"]
     times = train.rgb_timestamps
     if times is None:
@@ -141,6 +152,20 @@ def layout_problem(layout: DatasetLayout) -> Problem:
                     frames=frames if split_name == "train" else None,
                 )
             )
+        for track, scans in sorted(split.lidar.items()):
+            sets.append(
+                PoseSet(
+                    name=f"{split_name}/lidar_{track}",
+                    stems=[scan.stem for scan in scans],
+                    timestamps=np.array([scan.timestamp for scan in scans], dtype=np.float64),
+                    gt=[scan.pose_gt for scan in scans],
+                    prior=[None] * len(scans),
+                    write_dir=f"poses_{split_name}_lidar_{track}",
+                    track=track,
+                    scans=scans if split_name == "train" else None,
+                )
+            )
+        _check_distinct_outputs(sets, layout.root / split_name)
     val_rgb = [frame for frame in layout.splits["val"].rgb if frame.timestamp is not None]
     if val_rgb:
         sets.append(
@@ -168,6 +193,25 @@ def layout_problem(layout: DatasetLayout) -> Problem:
         to_plot_frame=to_plot_frame,
         axis_names=("DRB y = right (m)", "-DRB z = forward (m)", "-DRB x = altitude (m)"),
     )
+
+
+def _check_distinct_outputs(sets: Sequence[PoseSet], split_dir: Path) -> None:
+    """A depth track named ``lidar_X`` and a LiDAR track ``X`` would share a report entry and a pose folder."""
+    seen: Dict[str, str] = {}
+    for pose_set in sets:
+        for key in (pose_set.name, pose_set.write_dir):
+            if key in seen and seen[key] != pose_set.name:
+                raise LayoutError(
+                    split_dir,
+                    f"the depth track and the LiDAR track behind '{pose_set.name}' would both be written as '{key}': "
+                    "rename one of them",
+                )
+            seen[key] = pose_set.name
+
+
+def lidar_train_tracks(problem: Problem) -> Dict[str, List[LidarScan]]:
+    """Each LiDAR track's train scans (in time order), tracks in name order; empty for upstream folders."""
+    return {s.track: s.scans for s in problem.sets if s.track is not None and s.scans is not None}
 
 
 def upstream_problem(root: Path, metres_per_unit: float, hold_out_every: int) -> Problem:
@@ -214,7 +258,8 @@ def upstream_problem(root: Path, metres_per_unit: float, hold_out_every: int) ->
 def print_table(report: Dict[str, object]) -> None:
     table = Table(title=f"pose errors ({report['format']}; TPF fit {report['fit']['seconds']:.1f} s)")
     for column in ("set", "method", "frames", "transl. mean (m)", "median", "max", "rot. mean (deg)", "median", "max"):
-        table.add_column(column, justify="left" if column in ("set", "method") else "right")
+        named = column in ("set", "method")  # never wrapped: "train/lidar_top" stays readable
+        table.add_column(column, justify="left" if named else "right", no_wrap=named)
     for name, entry in report["sets"].items():
         for method in METHODS:
             errors = entry["errors"].get(method)
@@ -232,9 +277,19 @@ def print_table(report: Dict[str, object]) -> None:
 def estimate_offsets(
     problem: Problem, fitted, config: TimeOffsetConfig, given: Mapping[str, float]
 ) -> Dict[str, TimeOffsetEstimate]:
-    """Each depth track's clock offset, from its train frames (layout datasets; upstream has no depth maps)."""
+    """Each depth track's and LiDAR track's clock offset, from its train frames or scans (layout datasets;
+    upstream has no depth maps or scans): depth tracks first, then LiDAR tracks, each in name order."""
     tracks = {s.track: s.frames for s in problem.sets if s.track is not None and s.frames is not None}
-    return track_time_offsets(tracks, problem.metres_per_unit, fitted.poses, config, given)
+    estimates = track_time_offsets(tracks, problem.metres_per_unit, fitted.poses, config, given)
+    lidar = lidar_train_tracks(problem)
+    if lidar:
+        estimates.update(lidar_track_time_offsets(lidar, problem.metres_per_unit, fitted.poses, config, given))
+    return estimates
+
+
+ReportPart = Callable[[FittedTPF, Mapping[str, float], Path], object]
+"""A further part of the report: (the fitted TPF, each track's applied clock offset in seconds, the output
+folder) -> its JSON-ready entry in pose_errors.json (it may write its own files into the folder)."""
 
 
 def fit_and_report(
@@ -246,10 +301,13 @@ def fit_and_report(
     progress: bool = True,
     time_offset: TimeOffsetConfig = TimeOffsetConfig(),
     given_offsets: Optional[Mapping[str, float]] = None,
+    extras: Optional[Mapping[str, ReportPart]] = None,
 ) -> Dict[str, object]:
-    """Fits the TPF to ``problem``, estimates the depth tracks' clock offsets, poses every set,
+    """Fits the TPF to ``problem``, estimates the depth and LiDAR tracks' clock offsets, poses every set,
     measures every method against the true poses and writes ``output``: the predicted poses,
-    pose_errors.json, trajectory.png, time_offset.png (the offset search) and tpf_state_dict.pt."""
+    pose_errors.json, trajectory.png, time_offset.png (the offset search) and tpf_state_dict.pt.
+    ``extras``: key -> a further part of the report (`ReportPart`), called once the sets are posed; its
+    entry goes into pose_errors.json under the key."""
     started = time.perf_counter()
     fitted = fit_tpf(problem.train_timestamps, problem.train_c2w, config, progress=progress)
     fit_seconds = time.perf_counter() - started
@@ -291,11 +349,13 @@ def fit_and_report(
         }
         linear = baselines["linear_slerp"](pose_set.timestamps + offset)
         streams.append(_stream(pose_set, predicted, linear, problem.to_plot_frame))
+    for key, part in (extras or {}).items():
+        report[key] = part(fitted, dict(applied), output)
     write_json_atomic(output / "pose_errors.json", report)
     torch.save(fitted.state_dict(), output / "tpf_state_dict.pt")
     _plot(output / "trajectory.png", problem, fitted, [s for s in streams if s is not None], curve_samples, data_name)
     if any(estimate.curve_costs for estimate in offsets.values()):
-        plot_offset_search(output / "time_offset.png", list(offsets.values()), title=f"depth clock offset: {Path(data_name).name}")
+        plot_offset_search(output / "time_offset.png", list(offsets.values()), title=f"clock offsets: {Path(data_name).name}")
     return report
 
 
