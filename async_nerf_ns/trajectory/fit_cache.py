@@ -1,9 +1,9 @@
-"""Stage 1 as derived files of the dataset: the time-pose function fit and the depth tracks' clock offsets.
+"""Stage 1 as derived files of the dataset: the time-pose function fit and the depth and LiDAR tracks' clock offsets.
 
 The fit (2-5 s on the example, longer on thousands of frames) and each track's offset estimate
 (seconds) are stored next to the ray shards, keyed by everything they depend on (the RGB frames'
-timestamps and poses and the TPF options; for an offset also the fit, the depth files, their stamps,
-the given offset and the estimator's options), so that every process that trains on the same data (a
+timestamps and poses and the TPF options; for an offset also the fit, the depth or LiDAR files, their
+stamps, the given offset and the estimator's options), so that every process that trains on the same data (a
 resumed run, each cell task of a cluster run, the partition command) uses the very same function and
 offsets, and the depth-frame poses and depth shards derived from them agree.
 """
@@ -79,12 +79,20 @@ def cached_time_offset(
         TIME_OFFSET_FORMAT, fit, name, np.asarray(times, dtype=np.float64), intrinsics, files, repr(given_s),
         repr(sorted(dataclasses.asdict(config).items())),
     )
-    path = Path(folder) / f"time-offset-{key}.json"
+    return cached_estimate(
+        Path(folder) / f"time-offset-{key}.json",
+        lambda: estimate_time_offset(name, times, intrinsics, list(distances()), poses_at, config, given_s),
+    )
+
+
+def cached_estimate(path: Path, estimate: Callable[[], TimeOffsetEstimate]) -> TimeOffsetEstimate:
+    """The clock offset estimate stored at ``path`` (named by a content key), else ``estimate()``, stored
+    there (`cached_time_offset`; `lidar_offset.cached_lidar_time_offset`)."""
     if path.is_file():
         try:
             return TimeOffsetEstimate(**json.loads(path.read_text()))
         except (ValueError, TypeError) as error:  # a damaged file: estimate again and replace it
             CONSOLE.print(f"[yellow]Stage 1: {path} does not load ({error}); estimating again")
-    estimate = estimate_time_offset(name, times, intrinsics, list(distances()), poses_at, config, given_s)
-    write_json_atomic(path, estimate.as_dict())
-    return estimate
+    result = estimate()
+    write_json_atomic(path, result.as_dict())
+    return result

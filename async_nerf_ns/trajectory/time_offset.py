@@ -24,6 +24,10 @@ The estimator is a 1-D search that maximises the geometric consistency of overla
    overlapping frames, a flat cost (static or constant-velocity sensor), a minimum at the edge of the
    search range (the offset may be larger than the range), or too uncertain.
 
+The search (steps 1, 3 and 4) is `search_time_offset`, on any track prepared as `PreparedFrames` (its
+pairs' costs and overlaps at a list of offsets); step 2 above is the depth images' cost, and
+trajectory/lidar_offset.py gives LiDAR tracks theirs (points at their own times, point-to-plane).
+
 Why this and not the depth loss of a field: it is available before any field exists, costs seconds
 (measured in examples/bench_time_offset.py), and is the same for every process of a cluster run.
 """
@@ -33,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,7 +50,7 @@ PoseFunction = Callable[[np.ndarray], Float[Tensor, "m 3 4"]]
 
 @dataclass(frozen=True)
 class TimeOffsetConfig:
-    """Estimating a depth track's clock offset to the RGB clock (stage 1)."""
+    """Estimating a depth or LiDAR track's clock offset to the RGB clock (stage 1; LiDAR: lidar_offset.py)."""
 
     estimate: bool = True
     """Estimate each depth track's offset from its depth frames and use it when it is significant (see
@@ -62,7 +66,8 @@ class TimeOffsetConfig:
     min_overlap: float = 0.3
     """A pair counts when at least this fraction of one frame's points land on measured pixels of the other."""
     points_per_frame: int = 512
-    """Measured pixels of each frame projected into the others (drawn with seed)."""
+    """Measured pixels of each frame projected into the others (drawn with seed); of a LiDAR scan, the
+    points compared with the other scans' surfaces (4x as many make up its own surface)."""
     max_map_width: int = 160
     """Depth maps wider than this are reduced (the nearest of each block) for the look-ups: bounds memory."""
     residual_cap: float = 0.03
@@ -112,6 +117,42 @@ class TimeOffsetEstimate:
         return dataclasses.asdict(self)
 
 
+class PreparedFrames(Protocol):
+    """A track prepared for the search: what `search_time_offset` needs of any kind of track (depth
+    images here, LiDAR scans in trajectory/lidar_offset.py)."""
+
+    times: np.ndarray
+    """(N,) float64: the frames' stamps, seconds, in time order (pairs index them)."""
+
+    def costs(
+        self, pairs: Tensor, offsets: np.ndarray, poses_at: PoseFunction, config: TimeOffsetConfig
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """Each pair's cost and overlap at each offset.
+
+        Args:
+            pairs: (Q, 2) long, frame indices (i: the frame whose points are compared, j: the frame
+                they are compared with).
+            offsets: (G,) float64 seconds added to every stamp.
+        Returns:
+            costs (G, Q) float64 (lower: more consistent), overlap (G, Q): the fraction of frame i's
+            points that met frame j's data.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class TrackWords:
+    """How the messages name a kind of track and its frames."""
+
+    track: str
+    """e.g. "depth track": a message begins "depth track 'NAME': ..."."""
+    frames: str
+    """e.g. "depth frames": "only 3 pairs of depth frames overlap", "the depth frames agree ..."."""
+
+
+DEPTH_WORDS = TrackWords("depth track", "depth frames")
+
+
 @dataclass
 class _Frames:
     """A track's frames prepared for the search (scene units, OpenGL camera axes)."""
@@ -125,6 +166,17 @@ class _Frames:
     """(N, H, W) measured ray distances at the reduced resolution, 0 where none."""
     intrinsics: Tensor
     """(N, 4) fx, fy, cx, cy at the reduced resolution."""
+
+    def costs(self, pairs: Tensor, offsets: np.ndarray, poses_at: PoseFunction, config: TimeOffsetConfig):
+        """`PreparedFrames.costs`: the pairs' mean truncated relative depth disagreement (`_pair_costs`)."""
+        times = (self.times[None, :] + offsets[:, None]).reshape(-1)
+        with torch.no_grad():
+            poses = poses_at(times).float().cpu().reshape(len(offsets), len(self.times), 3, 4)
+            chunks = [
+                _pair_costs(self, pairs[start : start + config.pairs_per_chunk], poses, config.residual_cap)
+                for start in range(0, len(pairs), config.pairs_per_chunk)
+            ]
+        return torch.cat([c for c, _ in chunks], dim=1).double().numpy(), torch.cat([o for _, o in chunks], dim=1).numpy()
 
 
 def _camera_directions(intrinsics: Tensor, height: int, width: int) -> Tensor:
@@ -202,17 +254,6 @@ def _pair_costs(frames: _Frames, pairs: Tensor, poses: Tensor, cap: float) -> Tu
     return costs, overlap
 
 
-def _costs(frames: _Frames, pairs: Tensor, offsets: np.ndarray, poses_at: PoseFunction, config: TimeOffsetConfig):
-    times = (frames.times[None, :] + offsets[:, None]).reshape(-1)
-    with torch.no_grad():
-        poses = poses_at(times).float().cpu().reshape(len(offsets), len(frames.times), 3, 4)
-        chunks = [
-            _pair_costs(frames, pairs[start : start + config.pairs_per_chunk], poses, config.residual_cap)
-            for start in range(0, len(pairs), config.pairs_per_chunk)
-        ]
-    return torch.cat([c for c, _ in chunks], dim=1).double().numpy(), torch.cat([o for _, o in chunks], dim=1).numpy()
-
-
 def _parabola_minimum(offsets: np.ndarray, curve: np.ndarray) -> float:
     """The vertex of the parabola through the grid minimum and its neighbours (the minimum at an end: itself)."""
     k = int(np.argmin(curve))
@@ -245,19 +286,39 @@ def estimate_time_offset(
         poses_at: the time-pose function.
         given_s: the offset given by the user; the search is centred on it and it is the fallback.
     """
+    return search_time_offset(name, lambda: _prepare(times, intrinsics, distances, config), poses_at, config, given_s)
+
+
+def search_time_offset(
+    name: str,
+    prepare: Callable[[], PreparedFrames],
+    poses_at: PoseFunction,
+    config: TimeOffsetConfig,
+    given_s: float = 0.0,
+    words: TrackWords = DEPTH_WORDS,
+) -> TimeOffsetEstimate:
+    """Steps 1-4 of the module docstring on any kind of track (its cost is the prepared frames' own).
+
+    Args:
+        name: the track (for messages).
+        prepare: makes the prepared frames; called only when ``config.estimate`` (its time is counted).
+        poses_at: the time-pose function.
+        given_s: the offset given by the user; the search is centred on it and it is the fallback.
+        words: how the messages name the track and its frames.
+    """
     started = time.perf_counter()
 
     def result(status: str, message: str, **kwargs) -> TimeOffsetEstimate:
         applied = kwargs.pop("applied_s", given_s)
         return TimeOffsetEstimate(name, given_s, applied, status, message, seconds=time.perf_counter() - started, **kwargs)
 
-    track, given = f"depth track '{name}'", f"using the given {given_s * 1000:+.1f} ms"
+    track, given = f"{words.track} '{name}'", f"using the given {given_s * 1000:+.1f} ms"
     if not config.estimate:
         return result("not estimated", f"{track}: offset {given_s * 1000:+.1f} ms as given (estimation off)")
-    frames = _prepare(times, intrinsics, distances, config)
-    pairs = _pairs_that_overlap(frames, len(times), given_s, poses_at, config)
+    frames = prepare()
+    pairs = _pairs_that_overlap(frames, len(frames.times), given_s, poses_at, config)
     if len(pairs) < config.min_pairs:
-        return result("unobservable", f"{track}: only {len(pairs)} pairs of depth frames overlap (need "
+        return result("unobservable", f"{track}: only {len(pairs)} pairs of {words.frames} overlap (need "
                       f"{config.min_pairs}): the clock offset cannot be estimated; {given}", pairs=len(pairs))
     coarse, coarse_curve = _coarse_search(frames, pairs, given_s, poses_at, config)
     curve = {"curve_offsets_s": coarse.tolist(), "curve_costs": coarse_curve.tolist(), "pairs": len(pairs)}
@@ -265,7 +326,7 @@ def estimate_time_offset(
     relief = (coarse_curve.max() - coarse_curve.min()) / max(coarse_curve.min(), 1e-12)
     radius = config.search_range_s
     if relief < config.min_relief:
-        return result("unobservable", f"{track}: the depth frames agree equally well at every offset within "
+        return result("unobservable", f"{track}: the {words.frames} agree equally well at every offset within "
                       f"{radius * 1000:.0f} ms (the cost varies by {relief:.1%}): a static or constant-velocity sensor "
                       f"does not determine its clock offset; {given}", **curve)
     if best in (0, len(coarse) - 1):
@@ -275,7 +336,7 @@ def estimate_time_offset(
                       f"give the offset; {given}", **curve)
     estimate, std, curve = _fine_search(frames, pairs, coarse, coarse_curve, best, poses_at, config, curve)
     found = {"estimate_s": estimate, "std_s": std, **curve}
-    text = f"{estimate * 1000:+.1f} +- {std * 1000:.1f} ms from {len(pairs)} pairs of depth frames"
+    text = f"{estimate * 1000:+.1f} +- {std * 1000:.1f} ms from {len(pairs)} pairs of {words.frames}"
     if std > config.max_std_s:
         return result("too uncertain", f"{track}: clock offset {text}: too uncertain (more than "
                       f"{config.max_std_s * 1000:.0f} ms); {given}", **found)
@@ -286,33 +347,33 @@ def estimate_time_offset(
     return result("estimated", f"{track}: clock offset {text}: used", applied_s=estimate, **found)
 
 
-def _pairs_that_overlap(frames, n: int, given_s: float, poses_at: PoseFunction, config: TimeOffsetConfig) -> Tensor:
+def _pairs_that_overlap(frames: PreparedFrames, n: int, given_s: float, poses_at: PoseFunction, config: TimeOffsetConfig) -> Tensor:
     """(P, 2) ordered pairs of frames at most ``max_frames_apart`` apart (both orders) whose views overlap
     by at least ``min_overlap`` at the given offset."""
     candidates = [(a, a + k) for k in range(1, config.max_frames_apart + 1) for a in range(n - k)]
     candidates += [(b, a) for a, b in candidates]
     pairs = torch.tensor(candidates, dtype=torch.long).reshape(-1, 2)
     if len(pairs):
-        _, overlap = _costs(frames, pairs, np.array([given_s]), poses_at, config)
+        _, overlap = frames.costs(pairs, np.array([given_s]), poses_at, config)
         pairs = pairs[torch.from_numpy(overlap[0] >= config.min_overlap)]
     return pairs
 
 
-def _coarse_search(frames, pairs: Tensor, given_s: float, poses_at: PoseFunction, config: TimeOffsetConfig):
+def _coarse_search(frames: PreparedFrames, pairs: Tensor, given_s: float, poses_at: PoseFunction, config: TimeOffsetConfig):
     """The offsets of the coarse grid (given +- search range) and the mean cost over the pairs at each."""
     radius = config.search_range_s
     coarse = given_s + np.linspace(-radius, radius, config.coarse_steps)
-    coarse_costs, _ = _costs(frames, pairs, coarse, poses_at, config)
+    coarse_costs, _ = frames.costs(pairs, coarse, poses_at, config)
     return coarse, coarse_costs.mean(axis=1)
 
 
-def _fine_search(frames, pairs: Tensor, coarse, coarse_curve, best: int, poses_at: PoseFunction,
+def _fine_search(frames: PreparedFrames, pairs: Tensor, coarse, coarse_curve, best: int, poses_at: PoseFunction,
                  config: TimeOffsetConfig, curve: dict):
     """Around the coarse minimum: the parabola's minimum of the fine costs, its bootstrap standard deviation
     over the pairs, and the cost curve with the fine offsets merged in."""
     coarse_step = coarse[1] - coarse[0]
     fine = np.arange(coarse[best] - 2 * coarse_step, coarse[best] + 2 * coarse_step + 1e-12, config.fine_step_s)
-    fine_costs, _ = _costs(frames, pairs, fine, poses_at, config)
+    fine_costs, _ = frames.costs(pairs, fine, poses_at, config)
     estimate = _parabola_minimum(fine, fine_costs.mean(axis=1))
     rng = np.random.default_rng(config.seed)
     samples = [
