@@ -132,20 +132,21 @@ def test_gpu_check_dry_run_lists_the_resume_check_for_each_implementation(tmp_pa
 
 def test_gpu_check_cpu_smoke_trains_evaluates_and_writes_its_table(example_scene: Path, tmp_path: Path):
     # The whole script with the venv and torch fields on the CPU (figures meaningless, the plumbing real):
-    # ns-train in the peak-memory wrapper, ns-eval, s/step from the tensorboard events, the table.
+    # ns-train in the peak-memory wrapper, ns-eval, s/step from the tensorboard events, the table. The resume
+    # check's rows (three more processes, ~50 s) are checked once, by the torch 2.11 run below.
     data = tmp_path / "scene"
     shutil.copytree(example_scene, data, ignore=shutil.ignore_patterns(".async_nerf_cache"))
     out = tmp_path / "check"
     result = subprocess.run(
         ["bash", str(EXAMPLES / "gpu_check.sh"), "--cpu-smoke", "--no-setup", "--method", "async-nerf-small",
-         "--steps", "30", "--resume-steps", "8", "--data", str(data), "--out", str(out)],
+         "--steps", "30", "--resume-steps", "0", "--data", str(data), "--out", str(out)],
         cwd=REPO, env=venv_env(threads=1), capture_output=True, text=True, timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     (row,) = report["rows"]
     assert row["implementation"] == "torch" and row["status"] == "ok"
-    _assert_resume_row(report, out, resume_steps=8)
+    assert not report.get("resume_rows"), report.get("resume_rows")  # --resume-steps 0: none
     # Measured here (one thread, deterministic): 0.14 s/step, val PSNR 16.16 dB, depth RMSE 26.2 m after 30
     # steps shared by 4 cells. This checks the plumbing, not the learning (test_end_to_end does that):
     # 10x margin on time (a loaded CI machine); PSNR above a mid-grey image's 14.0 dB (black: 7.4), depth

@@ -199,3 +199,12 @@ def test_free_space_loss_counts_only_weight_before_the_return():
     loss = free_space_loss(weights, ends, ranges, margin=0.05)
     assert loss.item() == pytest.approx((0.1 + 0.2 + 0.3 + 0.0) / 2)
     assert free_space_loss(weights, ends, ranges * 0.1, margin=0.05).item() == 0.0
+
+
+def test_scans_outside_the_rgb_time_span_are_named_in_a_warning(tmp_path):
+    from async_nerf_ns.layout import LayoutWarning
+
+    write_tiny_layout(tmp_path)  # train RGB frames at 10.0 ... 12.5 s
+    write_lidar_track(tmp_path, times=(9.0, 10.7, 13.0))
+    with pytest.warns(LayoutWarning, match=r"lidar_top: 2 of 3 scans of LiDAR track 'top' lie outside"):
+        read_layout(tmp_path)

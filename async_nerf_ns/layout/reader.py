@@ -433,23 +433,16 @@ def _warn_depth_outside_rgb_span(splits: Dict[str, SplitLayout], root: Path) -> 
         return
     start, end = float(times.min()), float(times.max())
     for split in splits.values():
-        for track, frames in split.depth.items():
-            outside = sum(1 for frame in frames if not start <= frame.timestamp <= end)
+        tracks = [("frames", "depth", track, [f.timestamp for f in frames], frames[0].depth_path)
+                  for track, frames in split.depth.items() if frames]
+        tracks += [("scans", "LiDAR", track, [s.timestamp for s in scans], scans[0].points_path)
+                   for track, scans in split.lidar.items() if scans]
+        for what, kind, track, stamps, first in tracks:
+            outside = sum(1 for t in stamps if not start <= t <= end)
             if outside:
-                folder = frames[0].depth_path.parent.relative_to(root)
                 warnings.warn(
-                    f"{folder}: {outside} of {len(frames)} frames of depth track '{track}' lie outside the train "
-                    f"RGB time span [{start:.3f}, {end:.3f}] s; their poses are extrapolated",
-                    LayoutWarning,
-                    stacklevel=3,
-                )
-        for track, scans in split.lidar.items():
-            outside = sum(1 for scan in scans if not start <= scan.timestamp <= end)
-            if outside:
-                folder = scans[0].points_path.parent.relative_to(root)
-                warnings.warn(
-                    f"{folder}: {outside} of {len(scans)} scans of LiDAR track '{track}' lie outside the train RGB "
-                    f"time span [{start:.3f}, {end:.3f}] s; their poses are extrapolated",
+                    f"{first.parent.relative_to(root)}: {outside} of {len(stamps)} {what} of {kind} track '{track}' lie "
+                    f"outside the train RGB time span [{start:.3f}, {end:.3f}] s; their poses are extrapolated",
                     LayoutWarning,
                     stacklevel=3,
                 )
