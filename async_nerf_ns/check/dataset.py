@@ -39,7 +39,9 @@ def check_dataset(data: Path, cache_dir: Optional[Path] = None, shard_dirs: Iter
         report.add("layout", data, "error", f"{type(error).__name__}: {error}")
     else:
         for name, split in layout.splits.items():
-            tracks = ", ".join(f"{track}: {len(frames)} depth frames" for track, frames in split.depth.items()) or "no depth"
+            tracks = [f"{track}: {len(frames)} depth frames" for track, frames in split.depth.items()]
+            tracks += [f"{track}: {len(scans)} LiDAR scans" for track, scans in split.lidar.items()]
+            tracks = ", ".join(tracks) or "no depth"
             report.add("layout", data / name, "ok", f"{len(split.rgb)} RGB frames; {tracks}")
     folders = cache_folders(data, cache_dir)
     shard_roots = [f / "shards" for f in folders if (f / "shards").is_dir()] + [Path(s) for s in shard_dirs]
