@@ -17,7 +17,8 @@ town at its default 25 m/s with a LiDAR track and the depth-image track):
 2. depth images: the depth-image track at TPF poses (128 rays per step), no LiDAR;
 3. LiDAR, deskewed: 128 LiDAR rays per step, each at the TPF pose of its point's time, no depth images;
 4. LiDAR at scan stamps: as 3 with ``lidar_deskew=False``;
-5. LiDAR, deskewed, + free space: as 3 with ``model.lidar_free_space_mult`` 0.1.
+5. LiDAR, deskewed, + free space: as 3 with the free-space term (``model.lidar_free_space_mult`` 0.1, the
+   default; rows 3 and 4 turn it off).
 Rows 2-5 keep the preset otherwise (depth-pose refinement off in every row, so rows differ by their depth only).
 Columns: val PSNR (RGB), depth RMSE on val depth-image frames at their true poses (m), LiDAR range RMSE
 on val scans (m; every row is rendered at the same TPF poses), mean of the seeds and each seed.
@@ -129,8 +130,7 @@ def run_row(row: str, seed: int, scene: str, iterations: int, output: str, threa
     data.train_num_depth_rays_per_batch = depth_rays if row == "2" else 0
     data.train_num_lidar_rays_per_batch = lidar_rays if row in ("3", "4", "5") else 0
     data.lidar_deskew = row != "4"
-    if row == "5":
-        pipeline.model.lidar_free_space_mult = 0.1
+    pipeline.model.lidar_free_space_mult = 0.1 if row == "5" else 0.0
     return bc.train_in_process(config, Path(scene), iterations, Path(output), name=f"lidar-{row}-seed{seed}")  # type: ignore[return-value]
 
 

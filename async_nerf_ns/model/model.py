@@ -91,9 +91,10 @@ class AsyncNerfModelConfig(NerfactoModelConfig):
     lidar_loss_mult: float = 0.1
     """Weight of the depth loss on LiDAR rays (after depth_loss_warmup_steps; depth_loss_type's loss between
     each LiDAR ray's expected termination and its return's range). Only rays with a return are trained on."""
-    lidar_free_space_mult: float = 0.0
+    lidar_free_space_mult: float = 0.1
     """Weight of the free-space term on LiDAR rays: the rendering weight a ray puts before its return (a LiDAR
-    beam crossed that space unobstructed), summed per ray and averaged; 0: off."""
+    beam crossed that space unobstructed), summed per ray and averaged; 0: off. Measured (examples/bench_lidar.py,
+    the example town, 800 steps, 2 seeds): +0.65 dB val PSNR and LiDAR range RMSE 6.80 -> 6.04 m against 0."""
     lidar_free_space_margin: float = 0.05
     """The free-space term counts samples ending before (1 - this) x the return's range: the margin keeps the
     surface itself (and the sampling's width around it) out of the penalty."""
