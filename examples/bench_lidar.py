@@ -74,9 +74,9 @@ def _world_to_town(points_world: np.ndarray, origin_drb: np.ndarray, scale: floa
 
 def deskew_errors(scene_dir: Path, spec: SceneSpec) -> Dict[str, Any]:
     """Part 1 for one generated scene: distances of placed returns to the true surface, deskewed or not."""
-    import torch
 
     from async_nerf_ns.data.dataparser import METADATA_KEY, AsyncNerfDataParserConfig
+    from async_nerf_ns.lidar.poses import cpu_pose_function
     from async_nerf_ns.lidar.rays import scan_rays
     from async_nerf_ns.lidar.scans import LidarScanSet
     from async_nerf_ns.trajectory.fit import fit_tpf
@@ -91,10 +91,7 @@ def deskew_errors(scene_dir: Path, spec: SceneSpec) -> Dict[str, Any]:
     town, _, _ = build(spec)
     origin, scale = meta.origin_drb.numpy(), float(meta.pose_scale_factor)
 
-    def poses_at(times):
-        with torch.no_grad():
-            return tpf.poses(times)
-
+    poses_at = cpu_pose_function(tpf)
     distances = {True: [], False: []}
     travel = []
     for index in range(len(scans)):

@@ -48,7 +48,7 @@ from async_nerf_ns.data.stage1 import DepthPoseSource, Stage1Fit, frame_poses
 from async_nerf_ns.files.cache_dir import cache_dir
 from async_nerf_ns.lidar.poses import cpu_pose_function, lidar_poses_key
 from async_nerf_ns.lidar.rays import scan_rays
-from async_nerf_ns.lidar.scans import LidarScanSet, scan_row_counts
+from async_nerf_ns.lidar.scans import LidarScanSet
 from async_nerf_ns.partition.config import PartitionConfig
 from async_nerf_ns.partition.geometry import PartitionGeometry, resolve_geometry
 from async_nerf_ns.shards.config import ShardConfig
@@ -374,7 +374,7 @@ class AsyncNerfDataManager(VanillaDataManager):
             scans = self.lidar_scans
             assert scans is not None
             lidar = write_lidar_shards(
-                self.shard_root, len(scans), self.lidar_scan_rays, int(scan_row_counts(scans).sum()),
+                self.shard_root, len(scans), self.lidar_scan_rays, scans.total_rows,
                 [self._lidar_poses_key], scans.files(), self.geometry, self.config.partition, self.config.shards,
             )
         return {"rgb": rgb, "depth": depth, "lidar": lidar}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Dict
 
-import numpy as np
 import torch
 from nerfstudio.cameras.rays import RayBundle
 
@@ -100,10 +99,3 @@ def lidar_metrics(model, stage1: Stage1, train_scans, val_scans) -> Dict[str, fl
             metrics.update(lidar_pose_errors(split, scans, stage1))
     return metrics
 
-
-def points_in_world(scans: LidarScanSet, index: int, poses_at: PoseFunction, offsets: Dict[str, float],
-                    deskew: bool = True) -> np.ndarray:
-    """(P, 3) scan ``index``'s returns in the world (scene units), deskewed or all at the scan's stamp."""
-    time = float(scans.scan_times(offsets)[index])
-    rays = scan_rays(scans.points(index), time, scans.scans[index].lidar_to_camera, poses_at, scans.pose_scale_factor, deskew)
-    return rays.points

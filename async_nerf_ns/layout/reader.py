@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -169,22 +169,35 @@ def _attach_masks(split_dir: Path, frames: List[RgbFrame], rgb_dir: Path) -> Non
         frame.mask_path = path
 
 
-def _read_depth_track(split_dir: Path, track: str, depth_dir: Path) -> List[DepthFrame]:
-    metadata_dir = split_dir / f"metadata_depth_{track}"
+def _track_files(
+    data_dir: Path, metadata_dir: Path, extensions: Sequence[str], track: str, what: str
+) -> Tuple[Dict[str, Path], Dict[str, Path]]:
+    """stem -> file of a track's data folder and of its metadata folder, every file paired with the other."""
     if not metadata_dir.is_dir():
-        raise LayoutError(metadata_dir, f"missing: depth track '{track}' ({depth_dir.name}/) needs its metadata folder")
-    depth_files = _index_folder(depth_dir, DEPTH_EXTENSIONS)
+        raise LayoutError(metadata_dir, f"missing: {track} ({data_dir.name}/) needs its metadata folder")
+    files = _index_folder(data_dir, extensions)
     metadata = _index_folder(metadata_dir, (".pt",))
-    _check_pairs(metadata, depth_files, depth_dir, "depth file")
-    _check_pairs(depth_files, metadata, metadata_dir, "metadata file")
-    pose_gt = _pose_gt_files(split_dir, track, depth_files, depth_dir)
-    frames = [
-        _read_depth_frame(track, stem, depth_files[stem], metadata[stem], pose_gt.get(stem))
-        for stem in sorted(depth_files)
-    ]
+    _check_pairs(metadata, files, data_dir, what)
+    _check_pairs(files, metadata, metadata_dir, "metadata file")
+    return files, metadata
+
+
+def _in_time_order(frames: List) -> List:
+    """Frames (depth frames or LiDAR scans) sorted by timestamp; two with one time are an error."""
     frames.sort(key=lambda frame: frame.timestamp)
     _check_unique_times([frame.timestamp for frame in frames], [frame.metadata_path for frame in frames])
     return frames
+
+
+def _read_depth_track(split_dir: Path, track: str, depth_dir: Path) -> List[DepthFrame]:
+    depth_files, metadata = _track_files(
+        depth_dir, split_dir / f"metadata_depth_{track}", DEPTH_EXTENSIONS, f"depth track '{track}'", "depth file"
+    )
+    pose_gt = _pose_gt_files(split_dir, track, depth_files, depth_dir)
+    return _in_time_order([
+        _read_depth_frame(track, stem, depth_files[stem], metadata[stem], pose_gt.get(stem))
+        for stem in sorted(depth_files)
+    ])
 
 
 def _read_depth_frame(
@@ -227,26 +240,19 @@ def _read_depth_frame(
 
 
 def _read_lidar_track(split_dir: Path, track: str, lidar_dir: Path) -> List[LidarScan]:
-    metadata_dir = split_dir / f"metadata_lidar_{track}"
-    if not metadata_dir.is_dir():
-        raise LayoutError(metadata_dir, f"missing: LiDAR track '{track}' ({lidar_dir.name}/) needs its metadata folder")
-    scan_files = _index_folder(lidar_dir, LIDAR_EXTENSIONS)
-    metadata = _index_folder(metadata_dir, (".pt",))
-    _check_pairs(metadata, scan_files, lidar_dir, "LiDAR scan (.npy)")
-    _check_pairs(scan_files, metadata, metadata_dir, "metadata file")
+    scan_files, metadata = _track_files(
+        lidar_dir, split_dir / f"metadata_lidar_{track}", LIDAR_EXTENSIONS, f"LiDAR track '{track}'", "LiDAR scan (.npy)"
+    )
     extrinsic_path = split_dir / f"lidar_to_camera_{track}.txt"
-    extrinsic = _read_extrinsic(read_pose_txt(extrinsic_path), extrinsic_path) if extrinsic_path.is_file() else None
+    extrinsic = _homogeneous(read_pose_txt(extrinsic_path)) if extrinsic_path.is_file() else None
     pose_gt = _pose_gt_files(split_dir, f"lidar_{track}", scan_files, lidar_dir)
-    scans = [
+    return _in_time_order([
         _read_lidar_scan(track, stem, scan_files[stem], metadata[stem], extrinsic, extrinsic_path, pose_gt.get(stem))
         for stem in sorted(scan_files)
-    ]
-    scans.sort(key=lambda scan: scan.timestamp)
-    _check_unique_times([scan.timestamp for scan in scans], [scan.metadata_path for scan in scans])
-    return scans
+    ])
 
 
-def _read_extrinsic(pose: np.ndarray, path: Path) -> np.ndarray:
+def _homogeneous(pose: np.ndarray) -> np.ndarray:
     """(4, 4) float64 from a checked 3x4 rigid pose."""
     extrinsic = np.eye(4)
     extrinsic[:3] = pose
@@ -266,7 +272,7 @@ def _read_lidar_scan(
         )
     extrinsic = track_extrinsic
     if meta.get("lidar_to_camera") is not None:
-        extrinsic = _read_extrinsic(read_pose(meta["lidar_to_camera"], metadata_path, "lidar_to_camera"), metadata_path)
+        extrinsic = _homogeneous(read_pose(meta["lidar_to_camera"], metadata_path, "lidar_to_camera"))
         if track_extrinsic is not None and not np.allclose(extrinsic, track_extrinsic, rtol=0.0, atol=1e-6):
             raise LayoutError(
                 metadata_path,

@@ -40,9 +40,6 @@ class LidarRayCorrections:
         self._base = torch.as_tensor(tpf.normalise_time(self.scan_times), dtype=torch.float32, device=device)
         self._rate = 1.0 / float(tpf.time_span)
 
-    def __len__(self) -> int:
-        return len(self.scan_times)
-
     def __call__(self, scan: Tensor, dt: Tensor, origins: Tensor, directions: Tensor) -> Tuple[Tensor, Tensor]:
         """The rays (origins, directions (L, 3) float32) of points of scans ``scan`` (L,) at ``dt`` (L,) seconds
         after their stamps, moved to the current TPF. Device tensors only: no host synchronisation."""

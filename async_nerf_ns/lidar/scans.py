@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from async_nerf_ns.layout import LidarScan, load_lidar_points
@@ -49,11 +48,6 @@ class LidarScanSet:
         return self.stamps + np.array([float(offsets.get(scan.track, 0.0)) for scan in self.scans], dtype=np.float64)
 
     @property
-    def extrinsics(self) -> np.ndarray:
-        """(N, 4, 4) float64: each scan's lidar_to_camera (metres)."""
-        return np.stack([scan.lidar_to_camera for scan in self.scans]) if self.scans else np.zeros((0, 4, 4))
-
-    @property
     def gt_c2w(self) -> Tensor:
         """(N, 3, 4) float32 true camera poses at the scans' stamps (world frame); NaN where missing."""
         return stack_poses_world([scan.pose_gt for scan in self.scans])
@@ -66,14 +60,7 @@ class LidarScanSet:
         """(M, 4) float64 returns of scan ``index``: x, y, z (LiDAR frame, metres), t (seconds after its stamp)."""
         return load_lidar_points(self.scans[index])
 
-    def tracks(self) -> Dict[str, List[int]]:
-        """Track name -> indices of its scans."""
-        out: Dict[str, List[int]] = {}
-        for index, scan in enumerate(self.scans):
-            out.setdefault(scan.track, []).append(index)
-        return out
-
-
-def scan_row_counts(scans: LidarScanSet) -> torch.Tensor:
-    """(N,) long: rows in each scan file (returns and empty beams), from the headers."""
-    return torch.tensor([scan.num_rows for scan in scans.scans], dtype=torch.long)
+    @property
+    def total_rows(self) -> int:
+        """Rows in all scan files (returns and empty beams), from the headers: a bound on the returns."""
+        return sum(scan.num_rows for scan in self.scans)
